@@ -1,0 +1,206 @@
+//! The command line: clap's `Args`, parsed and checked into a [`Config`]. clap types stop here.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use log::LevelFilter;
+
+use crate::config::{Config, DEFAULT_PORT};
+use crate::output::Style;
+use crate::worker::WorkerSettings;
+
+const EXAMPLES: &str = "\
+Examples:
+  overhear                          listen on 127.0.0.1:7878 for 2 minutes
+  overhear --port 9000 --duration 0 listen on port 9000 until Ctrl-C
+  overhear --host :: --duration 1h  listen on every IPv6 and IPv4 address for an hour
+  nc 127.0.0.1 7878                 connect a client; each line it sends is printed as [N] line
+
+Exit status: 0 stopped as asked (timer, Ctrl-C/SIGTERM, output closed), 1 error (cannot listen,
+output failed), 2 bad arguments, 130 a second Ctrl-C/SIGTERM during shutdown.";
+
+/// Listen on a TCP port and print what every client sends, one numbered thread per client.
+#[derive(Debug, Parser)]
+#[command(name = "overhear", version, about, after_help = EXAMPLES)]
+pub struct Args {
+    /// Address to listen on: an IPv4 or IPv6 address, or a host name such as localhost
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_host)]
+    host: IpAddr,
+
+    /// Port to listen on; 0 takes a free port (the bound one is logged)
+    #[arg(short, long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+
+    /// Stop after this long, e.g. 500ms, 90s, 2m, 1h30m; 0 runs until Ctrl-C/SIGTERM
+    #[arg(short, long, default_value = "2m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+
+    /// Longest a worker waits in poll before checking its stop flag (stops wake it sooner)
+    #[arg(long, default_value = "100ms", value_parser = parse_positive_duration)]
+    poll_interval: Duration,
+
+    /// Longest message printed whole; longer ones are printed in pieces marked [N+]
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_size)]
+    max_line: usize,
+
+    /// Print message bytes unchanged instead of escaping control bytes and invalid UTF-8
+    #[arg(long)]
+    raw: bool,
+
+    /// Log more on stderr (-v debug, -vv trace)
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Log less on stderr (-q warnings and errors only, -qq errors only)
+    #[arg(short, long, action = ArgAction::Count)]
+    quiet: u8,
+}
+
+impl Args {
+    /// How much to log: info, stepped up by `-v` and down by `-q`.
+    pub fn log_level(&self) -> LevelFilter {
+        const LEVELS: [LevelFilter; 6] = [
+            LevelFilter::Off,
+            LevelFilter::Error,
+            LevelFilter::Warn,
+            LevelFilter::Info,
+            LevelFilter::Debug,
+            LevelFilter::Trace,
+        ];
+        let index = 3 + i32::from(self.verbose) - i32::from(self.quiet);
+        LEVELS[index.clamp(0, 5) as usize]
+    }
+
+    /// The validated configuration these arguments describe.
+    pub fn into_config(self) -> Config {
+        Config {
+            addr: SocketAddr::new(self.host, self.port),
+            duration: (!self.duration.is_zero()).then_some(self.duration),
+            worker: WorkerSettings {
+                poll_interval: self.poll_interval,
+                max_line: self.max_line,
+                style: if self.raw { Style::Raw } else { Style::Escaped },
+            },
+        }
+    }
+}
+
+/// An IP address, or a host name resolved to its first address.
+fn parse_host(text: &str) -> Result<IpAddr, String> {
+    let literal = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
+    if let Ok(ip) = literal.unwrap_or(text).parse() {
+        return Ok(ip);
+    }
+    let mut addrs = (text, 0)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve host name: {}", crate::error::describe(&err)))?;
+    addrs
+        .next()
+        .map(|addr| addr.ip())
+        .ok_or_else(|| String::from("the host name has no address"))
+}
+
+/// A size in bytes: `4096`, `64KiB`, `1MiB` (`K`/`KB`/`M`/`MB` are read as powers of 1024 too).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 4096, 64KiB or 1MiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("unknown unit in '{text}': use B, KiB or MiB")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err(String::from("must be at least 1 byte")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is too large")),
+    }
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(String::from("must be more than 0")),
+        Ok(d) => Ok(d),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Args::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("overhear").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_tutorial() {
+        let config = parse(&[]).expect("no arguments").into_config();
+        assert_eq!(config.addr, "127.0.0.1:7878".parse().expect("literal"));
+        assert_eq!(config.duration, Some(Duration::from_secs(120)));
+        assert_eq!(config.worker.poll_interval, Duration::from_millis(100));
+        assert_eq!(config.worker.style, Style::Escaped);
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        let config = parse(&["--duration", "1h30m"])
+            .expect("valid")
+            .into_config();
+        assert_eq!(config.duration, Some(Duration::from_secs(5400)));
+        let config = parse(&["-d", "0"]).expect("valid").into_config();
+        assert_eq!(config.duration, None);
+        assert!(parse(&["--duration", "soon"]).is_err());
+        assert!(parse(&["--poll-interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn hosts_take_ipv6_and_names() {
+        let ip = |host: &str| {
+            parse(&["--host", host])
+                .expect("valid")
+                .into_config()
+                .addr
+                .ip()
+        };
+        assert_eq!(ip("::1"), "::1".parse::<IpAddr>().expect("literal"));
+        assert_eq!(ip("[::]"), "::".parse::<IpAddr>().expect("literal"));
+        assert!(ip("localhost").is_loopback());
+        assert!(parse(&["--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("2m"), Ok(2 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("KiB").is_err());
+        let config = parse(&[]).expect("no arguments").into_config();
+        assert_eq!(config.worker.max_line, crate::config::DEFAULT_MAX_LINE);
+    }
+
+    #[test]
+    fn verbosity_steps_from_info() {
+        let level = |args: &[&str]| parse(args).expect("valid").log_level();
+        assert_eq!(level(&[]), LevelFilter::Info);
+        assert_eq!(level(&["-v"]), LevelFilter::Debug);
+        assert_eq!(level(&["-vvvv"]), LevelFilter::Trace);
+        assert_eq!(level(&["-q"]), LevelFilter::Warn);
+        assert_eq!(level(&["-qqq"]), LevelFilter::Off);
+        assert!(parse(&["-v", "-q"]).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! `Config`: the validated settings a [`crate::Server`] runs with, free of any command-line types,
+//! so tests, benchmarks and other programs can build one directly.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::output::Style;
+use crate::worker::WorkerSettings;
+
+/// Default port, as in the tutorial overhear grows from.
+pub const DEFAULT_PORT: u16 = 7878;
+/// Default run time before the listener stops by itself.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(120);
+/// Default longest wait of a worker's poll before it checks its stop flag.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Default longest message printed whole.
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+
+/// How a server listens, how long it runs and how it prints.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 takes a free port.
+    pub addr: SocketAddr,
+    /// Run time before stopping by itself; `None` runs until a signal.
+    pub duration: Option<Duration>,
+    /// What each worker needs: poll interval, maximum line, output style.
+    pub worker: WorkerSettings,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
+            duration: Some(DEFAULT_DURATION),
+            worker: WorkerSettings {
+                poll_interval: DEFAULT_POLL_INTERVAL,
+                max_line: DEFAULT_MAX_LINE,
+                style: Style::Escaped,
+            },
+        }
+    }
+}

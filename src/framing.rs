@@ -1,0 +1,236 @@
+//! `LineFramer` turns one client's byte stream into messages: pure bytes in, messages out, no I/O,
+//! no clock, no threads, so any chunking of the same stream yields the same messages.
+//!
+//! A message ends at `\n`; a `\r` right before it is dropped. A message longer than the framer's
+//! maximum is handed out in pieces of exactly that many bytes; every piece after the first is
+//! marked [`Piece::continued`], which keeps a client's memory bounded however long its lines are.
+
+use memchr::memchr;
+
+/// One message, or one piece of a message longer than the maximum line length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece<'a> {
+    /// The message bytes, without the `\n` (or `\r\n`) that ended them.
+    pub bytes: &'a [u8],
+    /// True when this piece continues a message whose earlier bytes were already handed out.
+    pub continued: bool,
+}
+
+/// Splits a byte stream into messages at `\n`, holding at most `max_line` bytes of an unfinished one.
+#[derive(Debug)]
+pub struct LineFramer {
+    /// Bytes of the current message not yet handed out; never longer than `max_line`.
+    pending: Vec<u8>,
+    /// Whether pieces of the current message were already handed out.
+    continued: bool,
+    max_line: usize,
+}
+
+impl LineFramer {
+    /// A framer that hands out messages longer than `max_line` bytes in pieces.
+    ///
+    /// # Panics
+    /// If `max_line` is zero: a piece must hold at least one byte.
+    pub fn new(max_line: usize) -> LineFramer {
+        assert!(max_line > 0, "max_line must be at least 1");
+        LineFramer {
+            pending: Vec::new(),
+            continued: false,
+            max_line,
+        }
+    }
+
+    /// Feeds the next bytes of the stream, calling `emit` for each message or piece they complete.
+    pub fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(Piece<'_>)) {
+        while let Some(end) = memchr(b'\n', data) {
+            self.feed(&data[..end], true, &mut emit);
+            data = &data[end + 1..];
+        }
+        if !data.is_empty() {
+            self.feed(data, false, &mut emit);
+        }
+    }
+
+    /// Ends the stream: hands out an unfinished last message (kept as sent, `\r` included).
+    pub fn finish(&mut self, mut emit: impl FnMut(Piece<'_>)) {
+        if !self.pending.is_empty() {
+            emit(Piece {
+                bytes: &self.pending,
+                continued: self.continued,
+            });
+        }
+        self.pending.clear();
+        self.continued = false;
+    }
+
+    /// Bytes held for an unfinished message.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Releases the memory held for unfinished messages when there is none; an idle client then
+    /// costs nothing here.
+    pub fn shrink(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+    }
+
+    /// Adds `rest` to the current message; `end` says whether a `\n` followed it.
+    ///
+    /// Pieces are cut whenever more than `max_line` bytes of the message are known, which depends
+    /// only on the message's position in the stream, never on how the stream was chunked.
+    fn feed(&mut self, mut rest: &[u8], end: bool, emit: &mut impl FnMut(Piece<'_>)) {
+        let max = self.max_line;
+        if self.pending.len() + rest.len() > max {
+            let take = max - self.pending.len();
+            if self.pending.is_empty() {
+                emit(Piece {
+                    bytes: &rest[..max],
+                    continued: self.continued,
+                });
+            } else {
+                self.pending.extend_from_slice(&rest[..take]);
+                emit(Piece {
+                    bytes: &self.pending,
+                    continued: self.continued,
+                });
+                self.pending.clear();
+            }
+            rest = &rest[take..];
+            self.continued = true;
+            while rest.len() > max {
+                emit(Piece {
+                    bytes: &rest[..max],
+                    continued: true,
+                });
+                rest = &rest[max..];
+            }
+        }
+        if !end {
+            self.pending.extend_from_slice(rest);
+            return;
+        }
+        let whole: &[u8] = if self.pending.is_empty() {
+            rest
+        } else {
+            self.pending.extend_from_slice(rest);
+            &self.pending
+        };
+        let tail = whole.strip_suffix(b"\r").unwrap_or(whole);
+        // A message cut exactly at the maximum has nothing left but its line end: no empty piece.
+        if !(tail.is_empty() && self.continued) {
+            emit(Piece {
+                bytes: tail,
+                continued: self.continued,
+            });
+        }
+        self.pending.clear();
+        self.continued = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames `chunks` in order and returns each piece as (bytes, continued), then the finish.
+    fn frame(max: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+        let mut framer = LineFramer::new(max);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            framer.push(chunk, |p| out.push((p.bytes.to_vec(), p.continued)));
+        }
+        framer.finish(|p| out.push((p.bytes.to_vec(), p.continued)));
+        out
+    }
+
+    fn whole(items: &[&str]) -> Vec<(Vec<u8>, bool)> {
+        items
+            .iter()
+            .map(|s| (s.as_bytes().to_vec(), false))
+            .collect()
+    }
+
+    #[test]
+    fn splits_at_newlines() {
+        assert_eq!(frame(64, &[b"one\ntwo\n"]), whole(&["one", "two"]));
+    }
+
+    #[test]
+    fn joins_a_message_split_across_reads() {
+        assert_eq!(
+            frame(64, &[b"he", b"llo\nwor", b"ld\n"]),
+            whole(&["hello", "world"])
+        );
+    }
+
+    #[test]
+    fn drops_the_cr_of_crlf_only() {
+        assert_eq!(
+            frame(64, &[b"dos\r\n", b"mid\rdle\n", b"\r\n"]),
+            whole(&["dos", "mid\rdle", ""])
+        );
+    }
+
+    #[test]
+    fn crlf_split_between_reads() {
+        assert_eq!(frame(64, &[b"dos\r", b"\n"]), whole(&["dos"]));
+    }
+
+    #[test]
+    fn keeps_empty_messages() {
+        assert_eq!(frame(64, &[b"\n\n"]), whole(&["", ""]));
+    }
+
+    #[test]
+    fn last_message_without_newline_comes_at_finish() {
+        assert_eq!(frame(64, &[b"a\nbye"]), whole(&["a", "bye"]));
+        assert_eq!(frame(64, &[b"a\n"]), whole(&["a"]));
+        assert_eq!(frame(64, &[b"cr\r"]), whole(&["cr\r"]));
+    }
+
+    #[test]
+    fn long_messages_come_in_marked_pieces() {
+        let expected = vec![
+            (b"abcd".to_vec(), false),
+            (b"efgh".to_vec(), true),
+            (b"ij".to_vec(), true),
+            (b"x".to_vec(), false),
+        ];
+        assert_eq!(frame(4, &[b"abcdefghij\nx\n"]), expected);
+        assert_eq!(frame(4, &[b"ab", b"cdefg", b"hij\nx", b"\n"]), expected);
+    }
+
+    #[test]
+    fn a_message_of_exactly_the_maximum_is_one_piece() {
+        assert_eq!(frame(4, &[b"abcd\n"]), whole(&["abcd"]));
+        assert_eq!(frame(4, &[b"abcd\r\n"]), whole(&["abcd"]));
+        assert_eq!(frame(4, &[b"ab", b"cd", b"\r", b"\n"]), whole(&["abcd"]));
+    }
+
+    #[test]
+    fn an_unfinished_long_message_keeps_at_most_the_maximum() {
+        let mut framer = LineFramer::new(8);
+        let mut pieces = 0;
+        for _ in 0..1000 {
+            framer.push(b"0123456789", |_| pieces += 1);
+            assert!(framer.pending_len() <= 8);
+        }
+        assert_eq!(pieces, 10_000 / 8 - 1);
+    }
+
+    #[test]
+    fn every_chunking_gives_the_same_messages() {
+        let stream: &[u8] = b"alpha\r\nbeta\n\ngamma-is-long\r\r\ndelta\rx\nomega";
+        for max in [1, 2, 3, 5, 8, 64] {
+            let expected = frame(max, &[stream]);
+            for cut in 0..=stream.len() {
+                let (a, b) = stream.split_at(cut);
+                assert_eq!(frame(max, &[a, b]), expected, "max {max}, cut at {cut}");
+            }
+            let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+            assert_eq!(frame(max, &bytes), expected, "max {max}, byte by byte");
+        }
+    }
+}

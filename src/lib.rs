@@ -1,0 +1,45 @@
+//! overhear listens on a TCP port, gives every client that connects its own numbered worker
+//! thread, and prints every message each client sends as `[N] message`, until a timer or a
+//! signal stops it; then it stops and joins every worker, printing every byte they received.
+//!
+//! The binary is a thin wrapper around this library; tests and other programs can run a server
+//! in-process:
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use overhear::{Config, Server, StopReason};
+//!
+//! # fn main() -> Result<(), overhear::Error> {
+//! let config = Config {
+//!     addr: "127.0.0.1:0".parse().expect("literal address"),
+//!     ..Config::default()
+//! };
+//! let server = Server::bind(config)?;
+//! println!("clients connect to {}", server.local_addr());
+//! let stop = server.shutdown();
+//! std::thread::spawn(move || {
+//!     std::thread::sleep(std::time::Duration::from_secs(5));
+//!     stop.request(StopReason::Requested);
+//! });
+//! let summary = server.run(Box::new(std::io::stdout()))?;
+//! eprintln!("{} clients sent {} messages", summary.clients, summary.messages);
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod framing;
+pub mod output;
+mod poll;
+pub mod server;
+pub mod shutdown;
+pub mod worker;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{Server, Summary};
+pub use shutdown::{Shutdown, StopReason};
+pub use worker::ClientId;

@@ -1,0 +1,325 @@
+//! `Server`: binds the listening socket, accepts clients and gives each a numbered worker, keeps
+//! the live workers (`Workers`), and on stop joins every one of them before it returns.
+//!
+//! The accept loop blocks in `poll(2)` on the listening socket and the shared stop pipe, waking at
+//! least every poll interval to reap finished workers, and at the `--duration` deadline.
+//!
+//! Shutdown order, written once in [`Server::run`]: stop accepting, set every worker's stop flag,
+//! wake them all (one write to the stop pipe), join every worker (each drains its socket first,
+//! so every byte received is handed to the writer), drop the output channel, join the writer,
+//! then report.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::error::{Error, describe};
+use crate::output::{OutputSender, Writer};
+use crate::poll::{self, Fd, Flags};
+use crate::shutdown::{Shutdown, StopReason};
+use crate::worker::{ClientId, ClientReport, Worker, WorkerHandle};
+
+/// Pending connections the kernel queues before `accept`. std's `TcpListener::bind` uses 128,
+/// which a burst of clients overflows, costing each unlucky one a SYN retry of a second or more.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long the listener waits before accepting again after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Totals of a finished run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Clients that got a number and a worker.
+    pub clients: u64,
+    /// Messages received from all clients.
+    pub messages: u64,
+    /// Bytes received from all clients.
+    pub bytes: u64,
+    /// Workers that panicked (always 0 unless there is a bug).
+    pub panicked: u64,
+}
+
+impl Summary {
+    fn add(&mut self, report: &ClientReport) {
+        self.messages += report.messages;
+        self.bytes += report.bytes;
+    }
+}
+
+/// The live workers: inserted on accept, reaped when they end, stopped and joined at shutdown.
+#[derive(Debug, Default)]
+pub struct Workers {
+    live: Vec<WorkerHandle>,
+}
+
+impl Workers {
+    /// Keeps a newly started worker.
+    pub fn insert(&mut self, handle: WorkerHandle) {
+        self.live.push(handle);
+    }
+
+    /// How many workers are running.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether no worker is running.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Joins and drops every worker that has ended, adding its report to `summary`.
+    pub fn reap(&mut self, summary: &mut Summary) {
+        let finished: Vec<WorkerHandle> = self.live.extract_if(.., |h| h.is_finished()).collect();
+        for handle in finished {
+            Self::join_one(handle, summary);
+        }
+    }
+
+    /// Sets every worker's stop flag; they notice at once when the stop pipe is written.
+    pub fn stop_all(&self) {
+        self.live.iter().for_each(WorkerHandle::stop);
+    }
+
+    /// Waits for every worker to end, adding each report to `summary`.
+    pub fn join_all(&mut self, summary: &mut Summary) {
+        for handle in self.live.drain(..) {
+            Self::join_one(handle, summary);
+        }
+    }
+
+    fn join_one(handle: WorkerHandle, summary: &mut Summary) {
+        match handle.join() {
+            Ok(report) => summary.add(&report),
+            Err(id) => {
+                error!("the worker of {id} panicked; its messages may be incomplete");
+                summary.panicked += 1;
+            }
+        }
+    }
+}
+
+/// A bound listener, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    shutdown: Shutdown,
+}
+
+impl Server {
+    /// Binds `config.addr` and listens, without accepting yet.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the address is in use, not on this machine, or needs privileges;
+    /// [`Error::Setup`] when the stop pipe cannot be created.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let shutdown = Shutdown::new()?;
+        let bind_error = |source| Error::Bind {
+            addr: config.addr,
+            source,
+        };
+        let listener = listen(config.addr).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Server {
+            listener,
+            local_addr,
+            config,
+            shutdown,
+        })
+    }
+
+    /// The address actually bound (with the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to stop the server from another thread or a signal handler.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Accepts clients and prints their messages to `sink` until the duration runs out or a
+    /// stop is requested; then stops and joins every worker and returns the totals.
+    ///
+    /// # Errors
+    /// [`Error::Output`] when writing to `sink` failed (a closed pipe is a normal stop);
+    /// [`Error::Setup`] when the output thread cannot start.
+    pub fn run(self, sink: Box<dyn Write + Send>) -> Result<Summary, Error> {
+        let Server {
+            listener,
+            local_addr,
+            config,
+            shutdown,
+        } = self;
+        announce(local_addr, config.duration);
+        let (output, writer) = Writer::spawn(sink, shutdown.clone())?;
+        let deadline = config.duration.map(|d| Instant::now() + d);
+        let mut workers = Workers::default();
+        let mut summary = Summary::default();
+        let mut accept = Acceptor {
+            listener: &listener,
+            config: &config,
+            shutdown: &shutdown,
+            output: &output,
+            next_id: 1,
+        };
+        loop {
+            workers.reap(&mut summary);
+            if shutdown.is_requested() {
+                break;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                info!("time is up, stopping");
+                shutdown.request(StopReason::Timer);
+                break;
+            }
+            let wait = deadline.map_or(config.worker.poll_interval, |d| {
+                (d - now).min(config.worker.poll_interval)
+            });
+            let backoff = accept.wait_and_accept(wait, &mut workers);
+            if !backoff.is_zero() {
+                sleep_unless_stopped(&shutdown, backoff);
+            }
+        }
+        summary.clients = accept.next_id - 1;
+        // Stop accepting: connections still in the backlog are refused when the socket closes.
+        drop(listener);
+        workers.stop_all();
+        // The stop request already wrote the stop pipe: every worker is awake and draining.
+        let live = workers.len();
+        let stopping = Instant::now();
+        workers.join_all(&mut summary);
+        info!(
+            "stopped {live} workers in {}",
+            poll::rounded(stopping.elapsed())
+        );
+        drop(output);
+        let written = writer.join();
+        info!(
+            "served {} clients: {} messages, {} bytes",
+            summary.clients, summary.messages, summary.bytes
+        );
+        written.map(|()| summary)
+    }
+}
+
+/// The accepting side of the run loop.
+struct Acceptor<'a> {
+    listener: &'a TcpListener,
+    config: &'a Config,
+    shutdown: &'a Shutdown,
+    output: &'a OutputSender,
+    /// The number the next client gets; a number is never reused.
+    next_id: u64,
+}
+
+impl Acceptor<'_> {
+    /// Waits up to `wait` for clients or a stop, and starts a worker for every client that is
+    /// waiting. Returns how long to back off before accepting again (zero: no need).
+    fn wait_and_accept(&mut self, wait: Duration, workers: &mut Workers) -> Duration {
+        let mut fds = [
+            Fd::new(self.listener, Flags::IN),
+            Fd::new(self.shutdown.waker(), Flags::IN),
+        ];
+        match poll::wait(&mut fds, wait) {
+            Ok(0) => return Duration::ZERO,
+            Ok(_) => {}
+            Err(err) => {
+                error!("cannot wait for clients: {}", describe(&err));
+                return ACCEPT_BACKOFF;
+            }
+        }
+        if fds[0].revents().is_empty() || self.shutdown.is_requested() {
+            return Duration::ZERO;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.start_worker(stream, peer, workers),
+                Err(err) => match err.kind() {
+                    io::ErrorKind::WouldBlock => return Duration::ZERO,
+                    // The client gave up while queued, or a signal arrived: nothing to do.
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted => {}
+                    _ => {
+                        error!(
+                            "cannot accept a client: {}; retrying in {}",
+                            describe(&err),
+                            humantime::format_duration(ACCEPT_BACKOFF)
+                        );
+                        return ACCEPT_BACKOFF;
+                    }
+                },
+            }
+        }
+    }
+
+    fn start_worker(&mut self, stream: TcpStream, peer: SocketAddr, workers: &mut Workers) {
+        if let Err(err) = stream.set_nonblocking(true) {
+            warn!(
+                "refused {peer}: cannot set up its socket: {}",
+                describe(&err)
+            );
+            return;
+        }
+        let id = ClientId::new(self.next_id);
+        let worker = Worker::new(
+            id,
+            peer,
+            stream,
+            self.shutdown.clone(),
+            self.config.worker.clone(),
+            self.output.clone(),
+        );
+        match WorkerHandle::spawn(worker) {
+            Ok(handle) => {
+                self.next_id += 1;
+                workers.insert(handle);
+            }
+            Err(err) => warn!("refused {peer}: cannot start a thread: {}", describe(&err)),
+        }
+    }
+}
+
+/// Creates the listening socket with a deep backlog and `SO_REUSEADDR` (so a restart does not
+/// wait out TIME_WAIT; Linux still refuses a port another socket listens on).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Logs the bound address and how to connect, in the form scripts parse: `listening on ADDR`.
+fn announce(addr: SocketAddr, duration: Option<Duration>) {
+    let connect_ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "::1".to_string(),
+        ip => ip.to_string(),
+    };
+    info!(
+        "listening on {addr}; connect with: nc {connect_ip} {}",
+        addr.port()
+    );
+    match duration {
+        Some(d) => info!(
+            "stopping in {} (or on Ctrl-C/SIGTERM)",
+            humantime::format_duration(d)
+        ),
+        None => info!("running until Ctrl-C/SIGTERM"),
+    }
+}
+
+/// Sleeps for `duration`, or less if a stop is requested meanwhile.
+fn sleep_unless_stopped(shutdown: &Shutdown, duration: Duration) {
+    let mut fds = [Fd::new(shutdown.waker(), Flags::IN)];
+    // An error only shortens the back-off.
+    let _ = poll::wait(&mut fds, duration);
+}

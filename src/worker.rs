@@ -1,0 +1,388 @@
+//! One client's thread: `Worker` is its read loop (poll, read, frame, format, hand to the
+//! writer), `WorkerHandle` is what the listener keeps to stop and join it.
+//!
+//! A worker blocks in `poll(2)` on two things: its socket and the shared stop pipe. When the stop
+//! pipe becomes readable (or its own stop flag is set) it drains: it reads what its socket still
+//! holds until nothing more arrives, prints it, and closes. It never shuts its socket down before
+//! that drain, because a `shutdown(SHUT_RD)` discards bytes the client's kernel still holds back.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{Level, debug, info, log, warn};
+
+use crate::error::describe;
+use crate::framing::{LineFramer, Piece};
+use crate::output::{LineFormat, OutputSender, Style};
+use crate::poll::{self, Fd, Flags};
+use crate::shutdown::Shutdown;
+
+/// Bytes asked for per `read(2)`. The buffer exists only while a client is sending: an idle
+/// client holds none.
+pub const READ_CHUNK: usize = 32 * 1024;
+
+/// Stack of each worker thread. The read buffer and formatted lines live on the heap, so the
+/// stack only carries the read loop and the logger.
+pub const WORKER_STACK: usize = 128 * 1024;
+
+/// Reads done before the worker hands its lines over and polls again, so one flooding client
+/// cannot keep its worker from noticing a stop.
+const READS_PER_WAKE: usize = 16;
+
+/// After a stop, how long a worker that is still receiving waits for the next bytes before it
+/// closes; a client that stopped sending costs nothing here.
+const DRAIN_GRACE: Duration = Duration::from_millis(20);
+
+/// After a stop, the longest a worker keeps reading from a client that never stops sending.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// A client's number: 1, 2, 3, … in accept order, never reused in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    /// The client numbered `number`.
+    pub fn new(number: u64) -> ClientId {
+        ClientId(number)
+    }
+
+    /// The number itself.
+    pub fn number(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {}", self.0)
+    }
+}
+
+/// What a worker needs to know from the configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Longest wait in `poll(2)` before the worker checks its stop flag again.
+    pub poll_interval: Duration,
+    /// Longest message handed out whole; longer ones come in pieces.
+    pub max_line: usize,
+    /// How client bytes are written.
+    pub style: Style,
+}
+
+/// Why a client's connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// The client closed its side (EOF).
+    Closed,
+    /// The server stopped; the client's pending bytes were read first.
+    Stopped,
+    /// Reading failed, for example a reset by the client.
+    Failed(io::Error),
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed by client"),
+            End::Stopped => f.write_str("server stopping"),
+            End::Failed(err) => f.write_str(&describe(err)),
+        }
+    }
+}
+
+/// What a worker reports when its client is gone.
+#[derive(Debug)]
+pub struct ClientReport {
+    pub id: ClientId,
+    pub peer: SocketAddr,
+    /// Messages received (a message cut into pieces counts once).
+    pub messages: u64,
+    /// Bytes received, line ends included.
+    pub bytes: u64,
+    pub connected_for: Duration,
+    pub end: End,
+}
+
+/// One client's read loop; consumed by [`WorkerHandle::spawn`].
+pub struct Worker {
+    id: ClientId,
+    peer: SocketAddr,
+    stream: TcpStream,
+    /// Set by the listener's [`WorkerHandle::stop`]; read between polls.
+    stop: Arc<AtomicBool>,
+    shutdown: Shutdown,
+    settings: WorkerSettings,
+    output: OutputSender,
+    framer: LineFramer,
+    format: LineFormat,
+    /// Read buffer; allocated while the client sends, released when it goes quiet.
+    buf: Vec<u8>,
+    /// Formatted lines not yet handed to the writer.
+    lines: Vec<u8>,
+    messages: u64,
+    bytes: u64,
+}
+
+/// What a worker's poll saw.
+enum Wake {
+    Readable,
+    Stop,
+    Timeout,
+}
+
+impl Worker {
+    /// A worker for the client `id` connected from `peer` on `stream`.
+    pub fn new(
+        id: ClientId,
+        peer: SocketAddr,
+        stream: TcpStream,
+        shutdown: Shutdown,
+        settings: WorkerSettings,
+        output: OutputSender,
+    ) -> Worker {
+        Worker {
+            id,
+            peer,
+            stream,
+            stop: Arc::new(AtomicBool::new(false)),
+            shutdown,
+            framer: LineFramer::new(settings.max_line),
+            format: LineFormat::new(id, settings.style),
+            settings,
+            output,
+            buf: Vec::new(),
+            lines: Vec::new(),
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    fn run(mut self) -> ClientReport {
+        let started = Instant::now();
+        info!("{} connected from {}", self.id, self.peer);
+        let end = self.serve();
+        let Worker {
+            framer,
+            format,
+            lines,
+            messages,
+            ..
+        } = &mut self;
+        framer.finish(|piece| record(piece, messages, format, lines));
+        self.hand_over();
+        let connected_for = started.elapsed();
+        let level = match end {
+            End::Failed(_) => Level::Warn,
+            _ => Level::Info,
+        };
+        log!(
+            level,
+            "{} disconnected ({end}) after {}: {} messages, {} bytes",
+            self.id,
+            poll::rounded(connected_for),
+            self.messages,
+            self.bytes
+        );
+        ClientReport {
+            id: self.id,
+            peer: self.peer,
+            messages: self.messages,
+            bytes: self.bytes,
+            connected_for,
+            end,
+        }
+    }
+
+    fn serve(&mut self) -> End {
+        loop {
+            let wake = match self.wait() {
+                Ok(wake) => wake,
+                Err(err) => return End::Failed(err),
+            };
+            match wake {
+                Wake::Stop => return self.drain(),
+                Wake::Timeout => {}
+                Wake::Readable => match self.read_available() {
+                    Ok((Some(end), _)) => return end,
+                    Ok((None, _)) => {}
+                    Err(err) => return End::Failed(err),
+                },
+            }
+        }
+    }
+
+    /// Polls the socket and the stop pipe for at most the poll interval.
+    fn wait(&self) -> io::Result<Wake> {
+        let mut fds = [
+            Fd::new(&self.stream, Flags::IN),
+            Fd::new(self.shutdown.waker(), Flags::IN),
+        ];
+        let ready = poll::wait(&mut fds, self.settings.poll_interval)?;
+        if !fds[1].revents().is_empty() || self.stop.load(Ordering::Relaxed) {
+            Ok(Wake::Stop)
+        } else if ready == 0 {
+            Ok(Wake::Timeout)
+        } else {
+            // IN, HUP or ERR: the read says which.
+            Ok(Wake::Readable)
+        }
+    }
+
+    /// Reads until the socket has nothing more (or the per-wake budget is spent), handing the
+    /// formatted lines to the writer. Returns how the connection ended, if it did, and the bytes
+    /// read.
+    fn read_available(&mut self) -> io::Result<(Option<End>, usize)> {
+        let mut total = 0;
+        let mut end = None;
+        for _ in 0..READS_PER_WAKE {
+            if self.buf.is_empty() {
+                self.buf = vec![0; READ_CHUNK];
+            }
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    end = Some(End::Closed);
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.consume(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Quiet for now: give the memory back until the client sends again.
+                    self.buf = Vec::new();
+                    self.framer.shrink();
+                    break;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    self.hand_over();
+                    return Err(err);
+                }
+            }
+        }
+        debug!("{}: read {total} bytes", self.id);
+        self.hand_over();
+        Ok((end, total))
+    }
+
+    /// Frames and formats the first `n` bytes of the read buffer.
+    fn consume(&mut self, n: usize) {
+        self.bytes += n as u64;
+        let Worker {
+            framer,
+            format,
+            lines,
+            buf,
+            messages,
+            ..
+        } = self;
+        if lines.capacity() == 0 {
+            lines.reserve(READ_CHUNK + READ_CHUNK / 4);
+        }
+        framer.push(&buf[..n], |piece| record(piece, messages, format, lines));
+    }
+
+    /// Hands the formatted lines to the writer (blocking while its queue is full).
+    fn hand_over(&mut self) {
+        if !self.output.send(std::mem::take(&mut self.lines)) {
+            warn!("{}: output is gone, its messages are lost", self.id);
+        }
+    }
+
+    /// After a stop: reads what the client sent before it, until the socket stays quiet for
+    /// [`DRAIN_GRACE`] (an idle client: not at all) or [`DRAIN_LIMIT`] has passed.
+    fn drain(&mut self) -> End {
+        let limit = Instant::now() + DRAIN_LIMIT;
+        loop {
+            match self.read_available() {
+                Ok((Some(end), _)) => return end,
+                Ok((None, 0)) => return End::Stopped,
+                Ok((None, _)) => {}
+                Err(err) => return End::Failed(err),
+            }
+            if Instant::now() >= limit {
+                warn!("{} still sending after the stop; closing", self.id);
+                return End::Stopped;
+            }
+            let mut fds = [Fd::new(&self.stream, Flags::IN)];
+            match poll::wait(&mut fds, DRAIN_GRACE) {
+                Ok(0) => return End::Stopped,
+                Ok(_) => {}
+                Err(err) => return End::Failed(err),
+            }
+        }
+    }
+}
+
+/// Counts `piece` (a message cut into pieces counts once) and formats it into `lines`.
+fn record(piece: Piece<'_>, messages: &mut u64, format: &LineFormat, lines: &mut Vec<u8>) {
+    if !piece.continued {
+        *messages += 1;
+    }
+    format.append(lines, piece);
+}
+
+/// What the listener keeps for a live worker: its thread, its stop flag and its number.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    id: ClientId,
+    /// Shared with the worker; set by [`WorkerHandle::stop`], read by the worker between polls.
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<ClientReport>,
+}
+
+impl WorkerHandle {
+    /// Starts `worker` on its own named thread (`client-N`) with a small fixed stack.
+    ///
+    /// # Errors
+    /// When the thread cannot be created (out of memory or over the thread limit); the caller
+    /// refuses that one client.
+    pub fn spawn(worker: Worker) -> io::Result<WorkerHandle> {
+        let id = worker.id;
+        let stop = Arc::clone(&worker.stop);
+        let thread = thread::Builder::new()
+            .name(format!("client-{}", id.number()))
+            .stack_size(WORKER_STACK)
+            .spawn(move || worker.run())?;
+        Ok(WorkerHandle { id, stop, thread })
+    }
+
+    /// This worker's client.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Asks the worker to drain and end at its next wake; pair with a write to the stop pipe.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the worker's thread has ended (then `join` does not block).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the worker to end and returns its report.
+    ///
+    /// # Errors
+    /// The client's number, when the worker panicked.
+    pub fn join(self) -> Result<ClientReport, ClientId> {
+        self.thread.join().map_err(|_| self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_read_naturally() {
+        assert_eq!(ClientId::new(3).to_string(), "client 3");
+        assert!(ClientId::new(2) < ClientId::new(10));
+    }
+}
