@@ -22,10 +22,27 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    if let Some(limit) = overhear::server::raise_fd_limit() {
+        log::debug!("open-file limit: {limit}");
+    }
     let server = Server::bind(args.into_config())?;
     server.shutdown().install_signal_handler()?;
-    server.run(Box::new(std::io::stdout()))?;
+    server.run(Box::new(stdout()?))?;
     Ok(())
+}
+
+/// Standard output as a plain file: each burst of lines goes out in one `write(2)`, without
+/// std's line buffering in front of it.
+fn stdout() -> Result<std::fs::File, Error> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| Error::Setup {
+            what: "use standard output",
+            source,
+        })?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// Logs to stderr at `level`, unless `RUST_LOG` says otherwise: `time LEVEL message`.

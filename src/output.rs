@@ -1,15 +1,9 @@
 //! Output: how a message becomes bytes on stdout (the `[N] ` prefix and the escaping of client
-//! bytes), and the one writer thread that owns stdout.
-//!
-//! Workers format whole lines into their own buffers, in parallel, and hand each buffer to the
-//! writer through a bounded channel; the writer writes buffers whole, so lines never interleave,
-//! and flushes only when the channel runs dry. When the output is slower than the clients, the
-//! channel fills, workers block in `send`, stop reading their sockets, and TCP pushes back on the
-//! clients: memory stays bounded and nothing is dropped.
+//! bytes), and the shared, locked sink every worker writes its formatted lines to.
 
 use std::io::{self, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use log::{error, info};
 
@@ -17,13 +11,6 @@ use crate::error::{Error, describe};
 use crate::framing::Piece;
 use crate::shutdown::{Shutdown, StopReason};
 use crate::worker::ClientId;
-
-/// Buffers queued for the writer before workers block; with buffers of at most a few times
-/// [`crate::worker::READ_CHUNK`], this bounds the memory between the sockets and stdout.
-const CHANNEL_CAPACITY: usize = 64;
-
-/// The writer's buffer in front of stdout; several worker buffers fit in one `write(2)`.
-const WRITER_BUFFER: usize = 256 * 1024;
 
 /// How client bytes are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,14 +58,24 @@ impl LineFormat {
 
 /// Whether `byte` passes through escaping as itself: printable ASCII other than `\`, and tab.
 fn is_plain(byte: u8) -> bool {
-    (0x20..0x7f).contains(&byte) && byte != b'\\' || byte == b'\t'
+    (byte.wrapping_sub(0x20) < 0x5f) & (byte != b'\\') | (byte == b'\t')
+}
+
+/// Whether every byte of `bytes` is plain. Checks in fixed blocks without early exit inside a
+/// block, which the compiler turns into SIMD: this runs on every byte of every message.
+fn all_plain(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(32);
+    let blocks_plain = blocks
+        .by_ref()
+        .all(|block| block.iter().fold(true, |ok, &b| ok & is_plain(b)));
+    blocks_plain && blocks.remainder().iter().all(|&b| is_plain(b))
 }
 
 /// Appends `bytes` to `out` so that no control byte reaches a terminal, losslessly: `\` becomes
 /// `\\`; C0 controls (but tab), DEL, the UTF-8 encodings of the C1 controls U+0080–U+009F, and
 /// every byte of invalid UTF-8 become `\xNN`; everything else (printable UTF-8) passes through.
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    if bytes.iter().all(|&b| is_plain(b)) {
+    if all_plain(bytes) {
         out.extend_from_slice(bytes);
         return;
     }
@@ -133,106 +130,90 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A worker's side of the channel to the writer. Cloned into every worker; the writer ends when
-/// the last clone is dropped.
-#[derive(Debug, Clone)]
-pub struct OutputSender {
-    tx: SyncSender<Vec<u8>>,
+/// Where formatted lines go, shared by every worker: a sink behind a lock, written a whole buffer
+/// of lines at a time, so lines never interleave and each worker does its own `write(2)`.
+///
+/// Each worker writing its own lines, rather than handing them to one writer thread, spreads the
+/// copying over every thread: with 8 busy clients on 2 cores, a lone writer thread gets a 1/17
+/// share of the CPU under fair scheduling and becomes the bottleneck. When the sink is slow, the
+/// worker holding the lock blocks in `write`, the others block on the lock, none of them reads
+/// its socket meanwhile, and TCP pushes back on the clients: nothing is dropped and memory stays
+/// bounded by one buffer per sending client.
+#[derive(Clone)]
+pub struct Output {
+    shared: Arc<Shared>,
 }
 
-impl OutputSender {
-    /// Hands formatted lines to the writer, blocking while its queue is full. Empty buffers are
-    /// not sent. Returns `false` if the writer is gone (it only goes when every sender is dropped,
-    /// so this means it panicked).
-    pub fn send(&self, lines: Vec<u8>) -> bool {
-        lines.is_empty() || self.tx.send(lines).is_ok()
-    }
+struct Shared {
+    sink: Mutex<Box<dyn Write + Send>>,
+    /// Set once a write failed: later lines are discarded without trying.
+    broken: AtomicBool,
+    /// The first write error other than the reader leaving; it makes the run fail.
+    failure: Mutex<Option<io::Error>>,
+    shutdown: Shutdown,
 }
 
-/// The writer thread; join it after dropping every [`OutputSender`].
-#[derive(Debug)]
-pub struct Writer {
-    thread: JoinHandle<Result<(), io::Error>>,
-}
-
-impl Writer {
-    /// Starts the writer thread on `sink`. A failed write requests a stop through `shutdown`
-    /// (a reader that went away is a normal stop); the writer then keeps draining the channel,
-    /// discarding, so no worker blocks on it.
-    ///
-    /// # Errors
-    /// When the thread cannot be spawned.
-    pub fn spawn(
-        sink: Box<dyn Write + Send>,
-        shutdown: Shutdown,
-    ) -> Result<(OutputSender, Writer), Error> {
-        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
-        let thread = thread::Builder::new()
-            .name(String::from("output"))
-            .spawn(move || write_all_chunks(rx, sink, &shutdown))
-            .map_err(|source| Error::Setup {
-                what: "start the output thread",
-                source,
-            })?;
-        Ok((OutputSender { tx }, Writer { thread }))
-    }
-
-    /// Waits for the writer to write everything it was sent.
-    ///
-    /// # Errors
-    /// [`Error::Output`] when writing failed for another reason than the reader going away.
-    pub fn join(self) -> Result<(), Error> {
-        match self.thread.join() {
-            Ok(result) => result.map_err(Error::Output),
-            Err(_) => Err(Error::Output(io::Error::other(
-                "the output thread panicked",
-            ))),
+impl Output {
+    /// Output to `sink`, which should be unbuffered: every call to [`Output::write`] is one
+    /// burst of lines that must reach it at once. A failed write requests a stop through
+    /// `shutdown` (a reader that went away is a normal stop).
+    pub fn new(sink: Box<dyn Write + Send>, shutdown: Shutdown) -> Output {
+        Output {
+            shared: Arc::new(Shared {
+                sink: Mutex::new(sink),
+                broken: AtomicBool::new(false),
+                failure: Mutex::new(None),
+                shutdown,
+            }),
         }
     }
-}
 
-fn write_all_chunks(
-    rx: Receiver<Vec<u8>>,
-    sink: Box<dyn Write + Send>,
-    shutdown: &Shutdown,
-) -> Result<(), io::Error> {
-    let mut out = io::BufWriter::with_capacity(WRITER_BUFFER, sink);
-    let mut failure = None;
-    while let Ok(first) = rx.recv() {
-        let written = write_available(&mut out, &rx, first);
-        if let Err(err) = written {
-            // Nothing more can be written; discard what stays queued until the workers are gone.
-            if err.kind() == io::ErrorKind::BrokenPipe {
-                info!("output closed by its reader, stopping");
-                shutdown.request(StopReason::OutputClosed);
-            } else {
-                error!("cannot write output: {}; stopping", describe(&err));
-                shutdown.request(StopReason::OutputFailed);
-                failure = Some(err);
-            }
-            for _ in rx.iter() {}
-            // The buffered bytes cannot be written either; dropping must not retry the write.
-            let (_, _) = out.into_parts();
-            return failure.map_or(Ok(()), Err);
+    /// Writes whole lines, blocking while the sink is slow. After a failed write, discards.
+    pub fn write(&self, lines: &[u8]) {
+        if lines.is_empty() || self.shared.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        // A panic while holding the lock cannot leave a torn line behind that matters more than
+        // the lines still to come, so a poisoned lock is used as it is.
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shared.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = sink.write_all(lines).and_then(|()| sink.flush()) {
+            self.shared.broken.store(true, Ordering::Relaxed);
+            drop(sink);
+            self.fail(err);
         }
     }
-    match out.flush() {
-        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(err),
-        _ => Ok(()),
-    }
-}
 
-/// Writes `first` and everything else already queued, then flushes: one flush per burst.
-fn write_available(
-    out: &mut io::BufWriter<Box<dyn Write + Send>>,
-    rx: &Receiver<Vec<u8>>,
-    first: Vec<u8>,
-) -> io::Result<()> {
-    out.write_all(&first)?;
-    while let Ok(more) = rx.try_recv() {
-        out.write_all(&more)?;
+    fn fail(&self, err: io::Error) {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            info!("output closed by its reader, stopping");
+            self.shared.shutdown.request(StopReason::OutputClosed);
+        } else {
+            error!("cannot write output: {}; stopping", describe(&err));
+            self.shared.shutdown.request(StopReason::OutputFailed);
+            let mut failure = self
+                .shared
+                .failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            failure.get_or_insert(err);
+        }
     }
-    out.flush()
+
+    /// The run's output outcome, once every worker is joined.
+    ///
+    /// # Errors
+    /// [`Error::Output`] when a write failed for another reason than the reader going away.
+    pub fn finish(&self) -> Result<(), Error> {
+        let mut failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failure.take().map_or(Ok(()), |err| Err(Error::Output(err)))
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,8 @@
 //! least every poll interval to reap finished workers, and at the `--duration` deadline.
 //!
 //! Shutdown order, written once in [`Server::run`]: stop accepting, set every worker's stop flag,
-//! wake them all (one write to the stop pipe), join every worker (each drains its socket first,
-//! so every byte received is handed to the writer), drop the output channel, join the writer,
-//! then report.
+//! wake them all (one write to the stop pipe), join every worker (each drains its socket and
+//! writes every byte it received before it ends), then report.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,7 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::error::{Error, describe};
-use crate::output::{OutputSender, Writer};
+use crate::output::Output;
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::worker::{ClientId, ClientReport, Worker, WorkerHandle};
@@ -148,8 +147,7 @@ impl Server {
     /// stop is requested; then stops and joins every worker and returns the totals.
     ///
     /// # Errors
-    /// [`Error::Output`] when writing to `sink` failed (a closed pipe is a normal stop);
-    /// [`Error::Setup`] when the output thread cannot start.
+    /// [`Error::Output`] when writing to `sink` failed (a closed pipe is a normal stop).
     pub fn run(self, sink: Box<dyn Write + Send>) -> Result<Summary, Error> {
         let Server {
             listener,
@@ -158,7 +156,7 @@ impl Server {
             shutdown,
         } = self;
         announce(local_addr, config.duration);
-        let (output, writer) = Writer::spawn(sink, shutdown.clone())?;
+        let output = Output::new(sink, shutdown.clone());
         let deadline = config.duration.map(|d| Instant::now() + d);
         let mut workers = Workers::default();
         let mut summary = Summary::default();
@@ -200,8 +198,7 @@ impl Server {
             "stopped {live} workers in {}",
             poll::rounded(stopping.elapsed())
         );
-        drop(output);
-        let written = writer.join();
+        let written = output.finish();
         info!(
             "served {} clients: {} messages, {} bytes",
             summary.clients, summary.messages, summary.bytes
@@ -215,7 +212,7 @@ struct Acceptor<'a> {
     listener: &'a TcpListener,
     config: &'a Config,
     shutdown: &'a Shutdown,
-    output: &'a OutputSender,
+    output: &'a Output,
     /// The number the next client gets; a number is never reused.
     next_id: u64,
 }
@@ -282,6 +279,28 @@ impl Acceptor<'_> {
                 workers.insert(handle);
             }
             Err(err) => warn!("refused {peer}: cannot start a thread: {}", describe(&err)),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, since every client holds a descriptor
+/// (the usual soft limit, 1024, would cap a run at about a thousand clients). Returns the limit
+/// in force afterwards, if there is one.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(err) => {
+            warn!(
+                "cannot raise the open-file limit: {}",
+                describe(&err.into())
+            );
+            limit.current
         }
     }
 }

@@ -18,7 +18,7 @@ use log::{Level, debug, info, log, warn};
 
 use crate::error::describe;
 use crate::framing::{LineFramer, Piece};
-use crate::output::{LineFormat, OutputSender, Style};
+use crate::output::{LineFormat, Output, Style};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::Shutdown;
 
@@ -117,12 +117,12 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     shutdown: Shutdown,
     settings: WorkerSettings,
-    output: OutputSender,
+    output: Output,
     framer: LineFramer,
     format: LineFormat,
     /// Read buffer; allocated while the client sends, released when it goes quiet.
     buf: Vec<u8>,
-    /// Formatted lines not yet handed to the writer.
+    /// Formatted lines not yet written; allocated while the client sends.
     lines: Vec<u8>,
     messages: u64,
     bytes: u64,
@@ -143,7 +143,7 @@ impl Worker {
         stream: TcpStream,
         shutdown: Shutdown,
         settings: WorkerSettings,
-        output: OutputSender,
+        output: Output,
     ) -> Worker {
         Worker {
             id,
@@ -233,8 +233,8 @@ impl Worker {
         }
     }
 
-    /// Reads until the socket has nothing more (or the per-wake budget is spent), handing the
-    /// formatted lines to the writer. Returns how the connection ended, if it did, and the bytes
+    /// Reads until the socket has nothing more (or the per-wake budget is spent), writing the
+    /// formatted lines of each read. Returns how the connection ended, if it did, and the bytes
     /// read.
     fn read_available(&mut self) -> io::Result<(Option<End>, usize)> {
         let mut total = 0;
@@ -251,10 +251,13 @@ impl Worker {
                 Ok(n) => {
                     total += n;
                     self.consume(n);
+                    self.hand_over();
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     // Quiet for now: give the memory back until the client sends again.
+                    self.hand_over();
                     self.buf = Vec::new();
+                    self.lines = Vec::new();
                     self.framer.shrink();
                     break;
                 }
@@ -287,11 +290,10 @@ impl Worker {
         framer.push(&buf[..n], |piece| record(piece, messages, format, lines));
     }
 
-    /// Hands the formatted lines to the writer (blocking while its queue is full).
+    /// Writes the formatted lines out (blocking while the output is slow).
     fn hand_over(&mut self) {
-        if !self.output.send(std::mem::take(&mut self.lines)) {
-            warn!("{}: output is gone, its messages are lost", self.id);
-        }
+        self.output.write(&self.lines);
+        self.lines.clear();
     }
 
     /// After a stop: reads what the client sent before it, until the socket stays quiet for

@@ -1,0 +1,930 @@
+//! overhear's benchmark suite: starts the release binary and its peers (ncat, socat, a Python
+//! ThreadingTCPServer and a discard sink) on loopback, drives each with a Rust load client,
+//! verifies what they printed, and prints markdown tables with ratios measured in the same run.
+//!
+//! Run: `cargo bench --bench suite` (all scenarios), or name some:
+//! `cargo bench --bench suite -- throughput churn concurrent latency`. Options:
+//! `--peers overhear,socat` limits the servers; `--clients 1000,5000,10000` sets the
+//! concurrent sizes; `--mib 64` sets the throughput volume per client.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Resource, Rlimit, Signal, getrlimit, kill_process, setrlimit};
+
+const LINE_LEN: usize = 100;
+const THROUGHPUT_CLIENTS: usize = 8;
+const CHURN_CYCLES: usize = 20_000;
+const CHURN_THREADS: usize = 8;
+const LATENCY_PERIOD: Duration = Duration::from_millis(1);
+const LATENCY_RUN: Duration = Duration::from_secs(5);
+/// Longest any one wait in a scenario may take before the scenario is declared failed.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Overhear,
+    Ncat,
+    Socat,
+    Python,
+    Discard,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Overhear,
+        Kind::Ncat,
+        Kind::Socat,
+        Kind::Python,
+        Kind::Discard,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Overhear => "overhear",
+            Kind::Ncat => "ncat",
+            Kind::Socat => "socat",
+            Kind::Python => "python",
+            Kind::Discard => "discard sink",
+        }
+    }
+
+    /// Whether it prints `[N] ` before each line (and so numbers its clients).
+    fn numbers_clients(self) -> bool {
+        matches!(self, Kind::Overhear | Kind::Python)
+    }
+
+    /// Whether it prints what it receives at all.
+    fn prints(self) -> bool {
+        self != Kind::Discard
+    }
+
+    fn command(self, port: u16) -> Option<Command> {
+        let have = |tool: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let mut cmd = match self {
+            Kind::Overhear => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_overhear"));
+                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                cmd.args(["--duration", "0"]);
+                cmd
+            }
+            Kind::Ncat if have("ncat") => {
+                let mut cmd = Command::new("ncat");
+                cmd.args(["-l", "-k", "--max-conns", "20000", "127.0.0.1"]);
+                cmd.arg(port.to_string());
+                cmd
+            }
+            Kind::Socat if have("socat") => {
+                let mut cmd = Command::new("socat");
+                cmd.args(["-u"]);
+                cmd.arg(format!(
+                    "TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096"
+                ));
+                cmd.arg("STDOUT");
+                cmd
+            }
+            Kind::Python if have("python3") => {
+                let mut cmd = Command::new("python3");
+                cmd.arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/threading_server.py"),
+                );
+                cmd.args(["127.0.0.1", &port.to_string()]);
+                cmd
+            }
+            Kind::Discard => {
+                let mut cmd = Command::new(std::env::current_exe().ok()?);
+                cmd.args(["--discard-sink", &port.to_string()]);
+                cmd
+            }
+            _ => return None,
+        };
+        cmd.stdin(Stdio::null());
+        Some(cmd)
+    }
+}
+
+/// A server under test, in its own process group; killed with the group when dropped.
+struct Running {
+    kind: Kind,
+    child: Child,
+    addr: SocketAddr,
+    output: Option<PathBuf>,
+}
+
+impl Running {
+    /// Starts `kind` with stdout to `output` (or a pipe when `None`... see `start_piped`).
+    fn start(kind: Kind, output: Option<&Path>) -> Option<Running> {
+        let port = free_port();
+        let mut cmd = kind.command(port)?;
+        match output {
+            Some(path) => cmd.stdout(File::create(path).ok()?),
+            None => cmd.stdout(Stdio::piped()),
+        };
+        cmd.stderr(Stdio::null()).process_group(0);
+        let child = cmd.spawn().ok()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let running = Running {
+            kind,
+            child,
+            addr,
+            output: output.map(Path::to_path_buf),
+        };
+        running.wait_ready();
+        Some(running)
+    }
+
+    /// Waits until the server accepts a connection. The probe connects and closes, so numbering
+    /// servers give it number 1: the scenario's clients are 2, 3, ….
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{} did not start listening on {}",
+            self.kind.name(),
+            self.addr
+        );
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32).expect("child pids are positive")
+    }
+
+    /// Resident memory of the server and all its descendants, in KiB.
+    fn rss_kib(&self) -> u64 {
+        tree_pids(self.child.id())
+            .into_iter()
+            .map(|pid| status_field(pid, "VmRSS:").unwrap_or(0))
+            .sum()
+    }
+
+    fn output_len(&self) -> u64 {
+        self.output
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    /// Waits until the output file holds `bytes` bytes; returns false on timeout.
+    fn wait_output(&self, bytes: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.output_len() >= bytes {
+                return true;
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; returns the time taken.
+    fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        kill_process(self.pid(), Signal::TERM).ok()?;
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(start.elapsed());
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let group = Pid::from_raw(self.child.id() as i32).expect("positive pid");
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn tree_pids(root: u32) -> Vec<u32> {
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = status_field(pid, "PPid:") {
+                parents.entry(ppid as u32).or_default().push(pid);
+            }
+        }
+    }
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        if let Some(children) = parents.get(&all[i]) {
+            all.extend(children);
+        }
+        i += 1;
+    }
+    all
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The 100-byte line (newline included) client `client` sends as its `seq`-th:
+/// `c{client}-{seq:010} ` then filler.
+fn line(client: usize, seq: usize, out: &mut Vec<u8>) {
+    LineMaker::new(client).append(seq, out);
+}
+
+/// Makes one client's lines by patching the sequence digits into a template, so the load client
+/// spends its time sending rather than formatting.
+struct LineMaker {
+    template: Vec<u8>,
+    digits: usize,
+}
+
+impl LineMaker {
+    fn new(client: usize) -> LineMaker {
+        const FILLER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut template = format!("c{client}-").into_bytes();
+        let digits = template.len();
+        template.extend_from_slice(b"0000000000 ");
+        while template.len() < LINE_LEN - 1 {
+            template.push(FILLER[template.len() % FILLER.len()]);
+        }
+        template.push(b'\n');
+        LineMaker { template, digits }
+    }
+
+    fn append(&self, seq: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.template);
+        let mut n = seq;
+        for digit in out[start + self.digits..start + self.digits + 10]
+            .iter_mut()
+            .rev()
+        {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+}
+
+/// Length of the `[N] ` prefix for client number `n`.
+fn prefix_len(n: usize) -> u64 {
+    n.to_string().len() as u64 + 3
+}
+
+struct Table {
+    title: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(title: &str, header: &[&str]) -> Table {
+        Table {
+            title: title.to_string(),
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn print(&self) {
+        println!("\n### {}\n", self.title);
+        println!("| {} |", self.header.join(" | "));
+        println!("|{}", "---|".repeat(self.header.len()));
+        for row in &self.rows {
+            println!("| {} |", row.join(" | "));
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 && ours > 0.0 {
+        format!("{:.2}×", ours / theirs)
+    } else {
+        String::from("—")
+    }
+}
+
+// ---------------------------------------------------------------- throughput
+
+struct Verdict {
+    lost: u64,
+    duplicated: u64,
+    spliced: u64,
+    misattributed: u64,
+}
+
+/// Reads the output file and checks every expected line arrived once, whole and attributed.
+fn verify_lines(path: &Path, kind: Kind, clients: usize, lines: usize) -> Verdict {
+    let mut seen = vec![vec![0u8; lines]; clients];
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut verdict = Verdict {
+        lost: 0,
+        duplicated: 0,
+        spliced: 0,
+        misattributed: 0,
+    };
+    let mut expected = Vec::with_capacity(LINE_LEN);
+    let reader = BufReader::with_capacity(1 << 20, File::open(path).expect("output file"));
+    for text in reader.split(b'\n') {
+        let Ok(mut text) = text else { break };
+        text.push(b'\n');
+        let (prefix, body) = if kind.numbers_clients() {
+            match text.iter().position(|&b| b == b' ') {
+                Some(i) if text.first() == Some(&b'[') => (
+                    String::from_utf8_lossy(&text[..i]).into_owned(),
+                    &text[i + 1..],
+                ),
+                _ => {
+                    verdict.spliced += 1;
+                    continue;
+                }
+            }
+        } else {
+            (String::new(), &text[..])
+        };
+        let parsed = std::str::from_utf8(body).ok().and_then(|s| {
+            let (c, rest) = s.strip_prefix('c')?.split_once('-')?;
+            Some((
+                c.parse::<usize>().ok()?,
+                rest.get(..10)?.parse::<usize>().ok()?,
+            ))
+        });
+        let Some((c, seq)) = parsed.filter(|&(c, seq)| c < clients && seq < lines) else {
+            verdict.spliced += 1;
+            continue;
+        };
+        expected.clear();
+        line(c, seq, &mut expected);
+        if body != expected.as_slice() {
+            verdict.spliced += 1;
+            continue;
+        }
+        if kind.numbers_clients() && *owner.entry(prefix).or_insert(c) != c {
+            verdict.misattributed += 1;
+        }
+        seen[c][seq] = seen[c][seq].saturating_add(1);
+    }
+    for count in seen.iter().flatten() {
+        match count {
+            0 => verdict.lost += 1,
+            1 => {}
+            n => verdict.duplicated += u64::from(*n) - 1,
+        }
+    }
+    verdict
+}
+
+fn throughput(kinds: &[Kind], mib: usize, dir: &Path) {
+    let lines = mib * 1024 * 1024 / LINE_LEN;
+    let mut table = Table::new(
+        &format!(
+            "throughput: {THROUGHPUT_CLIENTS} clients × {mib} MiB of {LINE_LEN}-byte lines, stdout to a file"
+        ),
+        &[
+            "server",
+            "MB/s",
+            "lines/s",
+            "lost",
+            "dup",
+            "spliced",
+            "misattributed",
+            "vs overhear",
+        ],
+    );
+    let mut results: Vec<(Kind, f64)> = Vec::new();
+    for &kind in kinds {
+        let path = dir.join(format!("throughput-{}.out", kind.name().replace(' ', "-")));
+        let Some(server) = Running::start(kind, Some(&path)) else {
+            table
+                .rows
+                .push(vec![kind.name().into(), "not installed".into()]);
+            continue;
+        };
+        let raw = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
+        let expected = if kind.numbers_clients() {
+            raw + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
+        } else {
+            raw
+        };
+        let start = Instant::now();
+        let senders: Vec<_> = (0..THROUGHPUT_CLIENTS)
+            .map(|c| {
+                let addr = server.addr;
+                thread::spawn(move || {
+                    let mut stream = TcpStream::connect(addr).expect("connect");
+                    let mut block = Vec::with_capacity(1 << 20);
+                    let maker = LineMaker::new(c);
+                    for seq in 0..lines {
+                        maker.append(seq, &mut block);
+                        if block.len() >= (1 << 20) - LINE_LEN {
+                            stream.write_all(&block).expect("send");
+                            block.clear();
+                        }
+                    }
+                    stream.write_all(&block).expect("send");
+                    let _ = stream.shutdown(Shutdown::Write);
+                    // Keep the socket until the server has read it all (EOF from the server
+                    // would come only at its stop), so closing never resets unread data.
+                    stream
+                })
+            })
+            .collect();
+        let streams: Vec<TcpStream> = senders
+            .into_iter()
+            .map(|h| h.join().expect("sender"))
+            .collect();
+        let done = if kind.prints() {
+            server.wait_output(expected, SCENARIO_LIMIT)
+        } else {
+            true
+        };
+        let elapsed = start.elapsed().as_secs_f64();
+        drop(streams);
+        let mb_s = raw as f64 / 1e6 / elapsed;
+        let line_s = (THROUGHPUT_CLIENTS * lines) as f64 / elapsed;
+        let mut row = vec![
+            kind.name().to_string(),
+            format!("{mb_s:.0}"),
+            format!("{line_s:.0}"),
+        ];
+        if kind.prints() {
+            let v = verify_lines(&path, kind, THROUGHPUT_CLIENTS, lines);
+            let note = if done { "" } else { " (timed out)" };
+            row.extend([
+                format!("{}{note}", v.lost),
+                v.duplicated.to_string(),
+                v.spliced.to_string(),
+                if kind.numbers_clients() {
+                    v.misattributed.to_string()
+                } else {
+                    "n/a".into()
+                },
+            ]);
+        } else {
+            row.extend(["n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()]);
+        }
+        drop(server);
+        let _ = std::fs::remove_file(&path);
+        results.push((kind, mb_s));
+        table.rows.push(row);
+    }
+    let ours = results
+        .iter()
+        .find(|(k, _)| *k == Kind::Overhear)
+        .map_or(0.0, |r| r.1);
+    for row in &mut table.rows {
+        let theirs = results
+            .iter()
+            .find(|(k, _)| k.name() == row[0])
+            .map_or(0.0, |r| r.1);
+        if row.len() > 2 {
+            row.push(ratio(ours, theirs));
+        }
+    }
+    table.print();
+}
+
+// ---------------------------------------------------------------- churn
+
+fn churn(kinds: &[Kind], dir: &Path) {
+    let mut table = Table::new(
+        &format!(
+            "churn: {CHURN_CYCLES} connect-send-one-line-close cycles from {CHURN_THREADS} threads"
+        ),
+        &[
+            "server",
+            "connections/s",
+            "lines printed",
+            "overhear vs this",
+        ],
+    );
+    let mut results: Vec<(Kind, f64)> = Vec::new();
+    for &kind in kinds {
+        let path = dir.join(format!("churn-{}.out", kind.name().replace(' ', "-")));
+        let Some(server) = Running::start(kind, Some(&path)) else {
+            table
+                .rows
+                .push(vec![kind.name().into(), "not installed".into()]);
+            continue;
+        };
+        let per_thread = CHURN_CYCLES / CHURN_THREADS;
+        let raw = (CHURN_CYCLES * LINE_LEN) as u64;
+        let expected = if kind.numbers_clients() {
+            raw + (2..CHURN_CYCLES + 2).map(prefix_len).sum::<u64>()
+        } else {
+            raw
+        };
+        let start = Instant::now();
+        let workers: Vec<_> = (0..CHURN_THREADS)
+            .map(|t| {
+                let addr = server.addr;
+                thread::spawn(move || {
+                    let mut buf = Vec::with_capacity(LINE_LEN);
+                    let mut failures = 0;
+                    for i in 0..per_thread {
+                        buf.clear();
+                        line(t, i, &mut buf);
+                        match TcpStream::connect(addr).and_then(|mut s| s.write_all(&buf)) {
+                            Ok(()) => {}
+                            Err(_) => failures += 1,
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let failures: usize = workers
+            .into_iter()
+            .map(|h| h.join().expect("churn thread"))
+            .sum();
+        let complete = !kind.prints() || server.wait_output(expected, Duration::from_secs(60));
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = CHURN_CYCLES as f64 / elapsed;
+        let printed = if kind.prints() {
+            let v = verify_lines(&path, kind, CHURN_THREADS, per_thread);
+            let ok = CHURN_CYCLES as u64 - v.lost;
+            format!(
+                "{ok}/{CHURN_CYCLES}{}{}",
+                if failures > 0 {
+                    format!(" ({failures} connects failed)")
+                } else {
+                    String::new()
+                },
+                if complete { "" } else { " (timed out)" }
+            )
+        } else {
+            String::from("n/a")
+        };
+        results.push((kind, rate));
+        table
+            .rows
+            .push(vec![kind.name().into(), format!("{rate:.0}"), printed]);
+        drop(server);
+        let _ = std::fs::remove_file(&path);
+    }
+    let ours = results
+        .iter()
+        .find(|(k, _)| *k == Kind::Overhear)
+        .map_or(0.0, |r| r.1);
+    for row in &mut table.rows {
+        let theirs = results
+            .iter()
+            .find(|(k, _)| k.name() == row[0])
+            .map_or(0.0, |r| r.1);
+        if row.len() > 2 {
+            row.push(ratio(ours, theirs));
+        }
+    }
+    table.print();
+}
+
+// ---------------------------------------------------------------- concurrent
+
+/// Connects `n` clients, spread over 127.0.0.x source addresses so 50,000 fit in the ephemeral
+/// port range.
+fn connect_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(n);
+    for i in 0..n {
+        let source = SocketAddr::from((Ipv4Addr::new(127, 0, 1 + (i / 20_000) as u8, 1), 0));
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if socket.bind(&source.into()).is_err() {
+            break;
+        }
+        match socket.connect_timeout(&addr.into(), Duration::from_secs(5)) {
+            Ok(()) => streams.push(socket.into()),
+            Err(_) => break,
+        }
+    }
+    streams
+}
+
+fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
+    let mut table = Table::new(
+        "concurrent: N clients connected at once, one line each, then SIGTERM",
+        &[
+            "server",
+            "N",
+            "connected",
+            "lines printed",
+            "RSS per client",
+            "exit after SIGTERM",
+            "all clients EOF",
+        ],
+    );
+    for &n in sizes {
+        for &kind in kinds {
+            let path = dir.join(format!("concurrent-{}.out", kind.name().replace(' ', "-")));
+            let Some(mut server) = Running::start(kind, Some(&path)) else {
+                table.rows.push(vec![
+                    kind.name().into(),
+                    n.to_string(),
+                    "not installed".into(),
+                ]);
+                continue;
+            };
+            // Let the readiness probe's worker end before the baseline is read.
+            thread::sleep(Duration::from_millis(300));
+            let rss_before = server.rss_kib();
+            let mut streams = connect_many(server.addr, n);
+            let connected = streams.len();
+            let mut buf = Vec::new();
+            for (i, s) in streams.iter_mut().enumerate() {
+                buf.clear();
+                line(0, i, &mut buf);
+                let _ = s.write_all(&buf);
+            }
+            let raw = (connected * LINE_LEN) as u64;
+            let expected = if kind.numbers_clients() {
+                raw + (2..connected + 2).map(prefix_len).sum::<u64>()
+            } else {
+                raw
+            };
+            let printed = if kind.prints() {
+                let all = server.wait_output(expected, Duration::from_secs(30));
+                let v = verify_lines(&path, kind, 1, connected.max(1));
+                format!(
+                    "{}{}",
+                    connected as u64 - v.lost,
+                    if all { "" } else { " (timed out)" }
+                )
+            } else {
+                String::from("n/a")
+            };
+            thread::sleep(Duration::from_millis(200));
+            let rss_after = server.rss_kib();
+            let per_client = rss_after.saturating_sub(rss_before) as f64 / connected.max(1) as f64;
+            let start = Instant::now();
+            let exit = server.terminate(Duration::from_secs(10));
+            let eof = all_eof(&mut streams, start, Duration::from_secs(5));
+            table.rows.push(vec![
+                kind.name().into(),
+                n.to_string(),
+                connected.to_string(),
+                printed,
+                format!("{per_client:.1} KiB"),
+                exit.map_or("no exit in 10 s".into(), |d| {
+                    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+                }),
+                eof.map_or("not all in 5 s".into(), |d| {
+                    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+                }),
+            ]);
+            drop(streams);
+            drop(server);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    table.print();
+}
+
+/// Waits until every stream reads EOF (or a reset); returns the time since `start`.
+fn all_eof(streams: &mut [TcpStream], start: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 256];
+    for s in streams.iter_mut() {
+        loop {
+            let left = limit.checked_sub(start.elapsed())?;
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .ok()?;
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                    return None;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    Some(start.elapsed())
+}
+
+// ---------------------------------------------------------------- latency
+
+fn latency(kinds: &[Kind]) {
+    let mut table = Table::new(
+        "latency: one line every 1 ms for 5 s, send to line on the server's stdout pipe",
+        &["server", "lines", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
+    );
+    for &kind in kinds.iter().filter(|k| k.prints()) {
+        let Some(mut server) = Running::start(kind, None) else {
+            table
+                .rows
+                .push(vec![kind.name().into(), "not installed".into()]);
+            continue;
+        };
+        let stdout = server.child.stdout.take().expect("piped stdout");
+        let total = (LATENCY_RUN.as_micros() / LATENCY_PERIOD.as_micros()) as usize;
+        let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+        let reader = {
+            let sent = Arc::clone(&sent);
+            thread::spawn(move || {
+                let mut delays = Vec::with_capacity(total);
+                let mut reader = BufReader::new(stdout);
+                let mut text = Vec::new();
+                while delays.len() < total {
+                    text.clear();
+                    match reader.read_until(b'\n', &mut text) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let now = Instant::now();
+                    let body = match text.iter().position(|&b| b == b'c') {
+                        Some(i) => &text[i..],
+                        None => continue,
+                    };
+                    let seq = std::str::from_utf8(body)
+                        .ok()
+                        .and_then(|s| s.split_once('-'))
+                        .and_then(|(_, rest)| rest.get(..10)?.parse::<usize>().ok());
+                    if let Some(at) = seq.and_then(|i| sent.lock().ok()?.get(i).copied().flatten())
+                    {
+                        delays.push(now - at);
+                    }
+                }
+                delays
+            })
+        };
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let start = Instant::now();
+        let mut buf = Vec::with_capacity(LINE_LEN);
+        for i in 0..total {
+            let due = start + LATENCY_PERIOD * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+            buf.clear();
+            line(0, i, &mut buf);
+            sent.lock().expect("sent times")[i] = Some(Instant::now());
+            stream.write_all(&buf).expect("send");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reader.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(stream);
+        if !reader.is_finished() {
+            drop(server);
+            table
+                .rows
+                .push(vec![kind.name().into(), "lines missing after 10 s".into()]);
+            continue;
+        }
+        let mut delays = reader.join().expect("latency reader");
+        delays.sort();
+        let pct = |p: f64| {
+            let i = ((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1));
+            delays
+                .get(i)
+                .map_or("—".into(), |d| d.as_micros().to_string())
+        };
+        table.rows.push(vec![
+            kind.name().into(),
+            delays.len().to_string(),
+            pct(0.5),
+            pct(0.99),
+            pct(0.999),
+            delays
+                .last()
+                .map_or("—".into(), |d| d.as_micros().to_string()),
+        ]);
+        drop(server);
+    }
+    table.print();
+}
+
+// ---------------------------------------------------------------- discard sink
+
+/// The ceiling of this machine: a thread per connection that reads and throws bytes away.
+fn discard_sink(port: u16) -> ! {
+    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .and_then(|s| {
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
+            s.listen(4096)?;
+            Ok(TcpListener::from(s))
+        })
+        .expect("discard sink listens");
+    loop {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let spawned = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            drop(spawned);
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--discard-sink") {
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--discard-sink PORT");
+        discard_sink(port);
+    }
+    raise_fd_limit();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let kinds: Vec<Kind> = match value("--peers") {
+        Some(list) => Kind::ALL
+            .into_iter()
+            .filter(|k| {
+                list.split(',')
+                    .any(|n| n == k.name() || (n == "discard" && *k == Kind::Discard))
+            })
+            .collect(),
+        None => Kind::ALL.to_vec(),
+    };
+    let sizes: Vec<usize> = value("--clients")
+        .map(|l| l.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
+    let mib: usize = value("--mib").and_then(|m| m.parse().ok()).unwrap_or(64);
+    let known = ["throughput", "churn", "concurrent", "latency"];
+    let mut chosen: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| known.contains(a))
+        .collect();
+    if chosen.is_empty() {
+        chosen = known.to_vec();
+    }
+    let dir = std::env::temp_dir().join(format!("overhear-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    println!(
+        "overhear benchmark suite — {} cores, {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
+            .unwrap_or_default()
+    );
+    for scenario in chosen {
+        match scenario {
+            "throughput" => throughput(&kinds, mib, &dir),
+            "churn" => churn(&kinds, &dir),
+            "concurrent" => concurrent(&kinds, &sizes, &dir),
+            "latency" => latency(&kinds),
+            _ => unreachable!("filtered to known scenarios"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
