@@ -4,9 +4,11 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use ipnet::IpNet;
 use log::LevelFilter;
 
-use crate::config::{Config, DEFAULT_PORT};
+use crate::access::{AccessRules, parse_network};
+use crate::config::{Config, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use crate::output::Style;
 use crate::worker::WorkerSettings;
 
@@ -39,6 +41,23 @@ pub struct Args {
     /// Longest a worker waits in poll before checking its stop flag (stops wake it sooner)
     #[arg(long, default_value = "100ms", value_parser = parse_positive_duration)]
     poll_interval: Duration,
+
+    /// Most clients connected at once; one more is closed at once with a warning
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS,
+          value_parser = parse_count)]
+    max_conns: usize,
+
+    /// Disconnect a client that sends nothing for this long, e.g. 30s, 5m (default: never)
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// Accept only peers in this network (CIDR such as 10.0.0.0/8, or one address); repeatable
+    #[arg(long, value_name = "CIDR", value_parser = parse_network)]
+    allow: Vec<IpNet>,
+
+    /// Refuse peers in this network (CIDR or one address); repeatable; wins over --allow
+    #[arg(long, value_name = "CIDR", value_parser = parse_network)]
+    deny: Vec<IpNet>,
 
     /// Longest message printed whole; longer ones are printed in pieces marked [N+]
     #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_size)]
@@ -77,8 +96,11 @@ impl Args {
         Config {
             addr: SocketAddr::new(self.host, self.port),
             duration: (!self.duration.is_zero()).then_some(self.duration),
+            max_conns: self.max_conns,
+            access: AccessRules::new(self.allow, self.deny),
             worker: WorkerSettings {
                 poll_interval: self.poll_interval,
+                idle_timeout: self.idle_timeout,
                 max_line: self.max_line,
                 style: if self.raw { Style::Raw } else { Style::Escaped },
             },
@@ -120,6 +142,14 @@ fn parse_size(text: &str) -> Result<usize, String> {
         Some(0) => Err(String::from("must be at least 1 byte")),
         Some(bytes) => Ok(bytes),
         None => Err(format!("'{text}' is too large")),
+    }
+}
+
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err(String::from("must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
     }
 }
 
@@ -191,6 +221,36 @@ mod tests {
         assert!(parse_size("KiB").is_err());
         let config = parse(&[]).expect("no arguments").into_config();
         assert_eq!(config.worker.max_line, crate::config::DEFAULT_MAX_LINE);
+    }
+
+    #[test]
+    fn limits_and_rules_reach_the_config() {
+        let config = parse(&[
+            "--max-conns",
+            "3",
+            "--idle-timeout",
+            "30s",
+            "--allow",
+            "10.0.0.0/8",
+            "--deny",
+            "10.0.0.1",
+        ])
+        .expect("valid")
+        .into_config();
+        assert_eq!(config.max_conns, 3);
+        assert_eq!(config.worker.idle_timeout, Some(Duration::from_secs(30)));
+        assert!(config.access.check("10.0.0.2".parse().expect("ip")).is_ok());
+        assert!(
+            config
+                .access
+                .check("10.0.0.1".parse().expect("ip"))
+                .is_err()
+        );
+        assert!(parse(&["--max-conns", "0"]).is_err());
+        assert!(parse(&["--allow", "nowhere"]).is_err());
+        let config = parse(&[]).expect("valid").into_config();
+        assert_eq!(config.max_conns, 1000);
+        assert_eq!(config.worker.idle_timeout, None);
     }
 
     #[test]

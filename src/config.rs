@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::access::AccessRules;
 use crate::output::Style;
 use crate::worker::WorkerSettings;
 
@@ -15,6 +16,8 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(120);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default longest message printed whole.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// Default limit on clients connected at once.
+pub const DEFAULT_MAX_CONNS: usize = 1000;
 
 /// How a server listens, how long it runs and how it prints.
 #[derive(Debug, Clone)]
@@ -23,7 +26,11 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Run time before stopping by itself; `None` runs until a signal.
     pub duration: Option<Duration>,
-    /// What each worker needs: poll interval, maximum line, output style.
+    /// Most clients connected at once; one more is closed at once, without a worker.
+    pub max_conns: usize,
+    /// Which peers may connect.
+    pub access: AccessRules,
+    /// What each worker needs: poll interval, idle timeout, maximum line, output style.
     pub worker: WorkerSettings,
 }
 
@@ -32,8 +39,11 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
             duration: Some(DEFAULT_DURATION),
+            max_conns: DEFAULT_MAX_CONNS,
+            access: AccessRules::default(),
             worker: WorkerSettings {
                 poll_interval: DEFAULT_POLL_INTERVAL,
+                idle_timeout: None,
                 max_line: DEFAULT_MAX_LINE,
                 style: Style::Escaped,
             },

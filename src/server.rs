@@ -8,6 +8,7 @@
 //! wake them all (one write to the stop pipe), join every worker (each drains its socket and
 //! writes every byte it received before it ends), then report.
 
+use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::output::Output;
@@ -38,8 +40,37 @@ pub struct Summary {
     pub messages: u64,
     /// Bytes received from all clients.
     pub bytes: u64,
+    /// Connections closed without a number or a worker: access rules, `--max-conns`, no thread.
+    pub refused: u64,
     /// Workers that panicked (always 0 unless there is a bug).
     pub panicked: u64,
+}
+
+/// Why a connection got no worker.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The access rules turned the peer away.
+    Access(Denial),
+    /// `--max-conns` clients were already connected.
+    TooMany(usize),
+    /// No thread could be started for it.
+    NoThread(io::Error),
+    /// Its socket could not be set up.
+    Socket(io::Error),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Access(denial) => denial.fmt(f),
+            Refusal::TooMany(limit) => write!(
+                f,
+                "the limit of {limit} connected clients is reached (--max-conns)"
+            ),
+            Refusal::NoThread(err) => write!(f, "cannot start a thread: {}", describe(err)),
+            Refusal::Socket(err) => write!(f, "cannot set up its socket: {}", describe(err)),
+        }
+    }
 }
 
 impl Summary {
@@ -155,7 +186,7 @@ impl Server {
             config,
             shutdown,
         } = self;
-        announce(local_addr, config.duration);
+        announce(local_addr, &config);
         let output = Output::new(sink, shutdown.clone());
         let deadline = config.duration.map(|d| Instant::now() + d);
         let mut workers = Workers::default();
@@ -181,7 +212,7 @@ impl Server {
             let wait = deadline.map_or(config.worker.poll_interval, |d| {
                 (d - now).min(config.worker.poll_interval)
             });
-            let backoff = accept.wait_and_accept(wait, &mut workers);
+            let backoff = accept.wait_and_accept(wait, &mut workers, &mut summary);
             if !backoff.is_zero() {
                 sleep_unless_stopped(&shutdown, backoff);
             }
@@ -200,8 +231,8 @@ impl Server {
         );
         let written = output.finish();
         info!(
-            "served {} clients: {} messages, {} bytes",
-            summary.clients, summary.messages, summary.bytes
+            "served {} clients: {} messages, {} bytes; refused {} connections",
+            summary.clients, summary.messages, summary.bytes, summary.refused
         );
         written.map(|()| summary)
     }
@@ -220,7 +251,12 @@ struct Acceptor<'a> {
 impl Acceptor<'_> {
     /// Waits up to `wait` for clients or a stop, and starts a worker for every client that is
     /// waiting. Returns how long to back off before accepting again (zero: no need).
-    fn wait_and_accept(&mut self, wait: Duration, workers: &mut Workers) -> Duration {
+    fn wait_and_accept(
+        &mut self,
+        wait: Duration,
+        workers: &mut Workers,
+        summary: &mut Summary,
+    ) -> Duration {
         let mut fds = [
             Fd::new(self.listener, Flags::IN),
             Fd::new(self.shutdown.waker(), Flags::IN),
@@ -238,7 +274,13 @@ impl Acceptor<'_> {
         }
         loop {
             match self.listener.accept() {
-                Ok((stream, peer)) => self.start_worker(stream, peer, workers),
+                Ok((stream, peer)) => match self.admit(peer, workers, summary) {
+                    Ok(()) => self.start_worker(stream, peer, workers, summary),
+                    Err(refusal) => {
+                        summary.refused += 1;
+                        warn!("refused {peer}: {refusal}");
+                    }
+                },
                 Err(err) => match err.kind() {
                     io::ErrorKind::WouldBlock => return Duration::ZERO,
                     // The client gave up while queued, or a signal arrived: nothing to do.
@@ -256,12 +298,37 @@ impl Acceptor<'_> {
         }
     }
 
-    fn start_worker(&mut self, stream: TcpStream, peer: SocketAddr, workers: &mut Workers) {
+    /// Whether `peer` may have a worker: allowed by the access rules, and under `--max-conns`
+    /// once finished workers are reaped. A refused connection is closed when its stream drops.
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        workers: &mut Workers,
+        summary: &mut Summary,
+    ) -> Result<(), Refusal> {
+        self.config
+            .access
+            .check(peer.ip())
+            .map_err(Refusal::Access)?;
+        if workers.len() >= self.config.max_conns {
+            workers.reap(summary);
+        }
+        if workers.len() >= self.config.max_conns {
+            return Err(Refusal::TooMany(self.config.max_conns));
+        }
+        Ok(())
+    }
+
+    fn start_worker(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        workers: &mut Workers,
+        summary: &mut Summary,
+    ) {
         if let Err(err) = stream.set_nonblocking(true) {
-            warn!(
-                "refused {peer}: cannot set up its socket: {}",
-                describe(&err)
-            );
+            summary.refused += 1;
+            warn!("refused {peer}: {}", Refusal::Socket(err));
             return;
         }
         let id = ClientId::new(self.next_id);
@@ -278,7 +345,10 @@ impl Acceptor<'_> {
                 self.next_id += 1;
                 workers.insert(handle);
             }
-            Err(err) => warn!("refused {peer}: cannot start a thread: {}", describe(&err)),
+            Err(err) => {
+                summary.refused += 1;
+                warn!("refused {peer}: {}", Refusal::NoThread(err));
+            }
         }
     }
 }
@@ -317,7 +387,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Logs the bound address and how to connect, in the form scripts parse: `listening on ADDR`.
-fn announce(addr: SocketAddr, duration: Option<Duration>) {
+fn announce(addr: SocketAddr, config: &Config) {
     let connect_ip = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
         ip if ip.is_unspecified() => "::1".to_string(),
@@ -327,7 +397,17 @@ fn announce(addr: SocketAddr, duration: Option<Duration>) {
         "listening on {addr}; connect with: nc {connect_ip} {}",
         addr.port()
     );
-    match duration {
+    if !addr.ip().is_loopback() {
+        warn!(
+            "{addr} is reachable from the network and has no authentication{}",
+            if config.access.is_open() {
+                "; restrict it with --allow"
+            } else {
+                ""
+            }
+        );
+    }
+    match config.duration {
         Some(d) => info!(
             "stopping in {} (or on Ctrl-C/SIGTERM)",
             humantime::format_duration(d)

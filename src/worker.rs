@@ -68,6 +68,8 @@ impl fmt::Display for ClientId {
 pub struct WorkerSettings {
     /// Longest wait in `poll(2)` before the worker checks its stop flag again.
     pub poll_interval: Duration,
+    /// Disconnect a client silent for this long; `None` never does.
+    pub idle_timeout: Option<Duration>,
     /// Longest message handed out whole; longer ones come in pieces.
     pub max_line: usize,
     /// How client bytes are written.
@@ -81,6 +83,8 @@ pub enum End {
     Closed,
     /// The server stopped; the client's pending bytes were read first.
     Stopped,
+    /// The client sent nothing for the idle timeout.
+    Idle(Duration),
     /// Reading failed, for example a reset by the client.
     Failed(io::Error),
 }
@@ -90,6 +94,7 @@ impl fmt::Display for End {
         match self {
             End::Closed => f.write_str("closed by client"),
             End::Stopped => f.write_str("server stopping"),
+            End::Idle(timeout) => write!(f, "idle for {}", humantime::format_duration(*timeout)),
             End::Failed(err) => f.write_str(&describe(err)),
         }
     }
@@ -177,7 +182,7 @@ impl Worker {
         self.hand_over();
         let connected_for = started.elapsed();
         let level = match end {
-            End::Failed(_) => Level::Warn,
+            End::Failed(_) | End::Idle(_) => Level::Warn,
             _ => Level::Info,
         };
         log!(
@@ -199,8 +204,16 @@ impl Worker {
     }
 
     fn serve(&mut self) -> End {
+        let mut heard = Instant::now();
         loop {
-            let wake = match self.wait() {
+            let mut wait = self.settings.poll_interval;
+            if let Some(idle) = self.settings.idle_timeout {
+                match idle.checked_sub(heard.elapsed()) {
+                    Some(left) if !left.is_zero() => wait = wait.min(left),
+                    _ => return End::Idle(idle),
+                }
+            }
+            let wake = match self.wait(wait) {
                 Ok(wake) => wake,
                 Err(err) => return End::Failed(err),
             };
@@ -209,20 +222,21 @@ impl Worker {
                 Wake::Timeout => {}
                 Wake::Readable => match self.read_available() {
                     Ok((Some(end), _)) => return end,
-                    Ok((None, _)) => {}
+                    Ok((None, 0)) => {}
+                    Ok((None, _)) => heard = Instant::now(),
                     Err(err) => return End::Failed(err),
                 },
             }
         }
     }
 
-    /// Polls the socket and the stop pipe for at most the poll interval.
-    fn wait(&self) -> io::Result<Wake> {
+    /// Polls the socket and the stop pipe for at most `timeout`.
+    fn wait(&self, timeout: Duration) -> io::Result<Wake> {
         let mut fds = [
             Fd::new(&self.stream, Flags::IN),
             Fd::new(self.shutdown.waker(), Flags::IN),
         ];
-        let ready = poll::wait(&mut fds, self.settings.poll_interval)?;
+        let ready = poll::wait(&mut fds, timeout)?;
         if !fds[1].revents().is_empty() || self.stop.load(Ordering::Relaxed) {
             Ok(Wake::Stop)
         } else if ready == 0 {
