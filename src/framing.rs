@@ -233,4 +233,63 @@ mod tests {
             assert_eq!(frame(max, &bytes), expected, "max {max}, byte by byte");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Streams rich in line ends and CRs, so boundaries fall everywhere.
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), any::<u8>()],
+                0..300,
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn any_chunking_gives_the_messages_of_the_whole_stream(
+                bytes in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+                max in 1usize..40,
+            ) {
+                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+                points.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut from = 0;
+                for to in points {
+                    chunks.push(&bytes[from..to]);
+                    from = to;
+                }
+                chunks.push(&bytes[from..]);
+                prop_assert_eq!(frame(max, &chunks), frame(max, &[&bytes]));
+            }
+
+            #[test]
+            fn pieces_rebuild_the_stream(bytes in stream(), max in 1usize..40) {
+                // Joining pieces of a message and ending each message with \n gives back the
+                // stream, but for the CR dropped before each \n and the final \n if it had none.
+                let mut rebuilt = Vec::new();
+                let mut pieces = frame(max, &[&bytes]).into_iter().peekable();
+                while let Some((piece, _)) = pieces.next() {
+                    prop_assert!(piece.len() <= max);
+                    rebuilt.extend_from_slice(&piece);
+                    if pieces.peek().is_none_or(|(_, continued)| !continued) {
+                        rebuilt.push(b'\n');
+                    }
+                }
+                let mut expected: Vec<u8> = Vec::new();
+                for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                    let ended = i < bytes.iter().filter(|&&b| b == b'\n').count();
+                    if !ended && line.is_empty() {
+                        continue;
+                    }
+                    let line = if ended { line.strip_suffix(b"\r").unwrap_or(line) } else { line };
+                    expected.extend_from_slice(line);
+                    expected.push(b'\n');
+                }
+                prop_assert_eq!(rebuilt, expected);
+            }
+        }
+    }
 }

@@ -292,4 +292,24 @@ mod tests {
         );
         assert_eq!(out, b"[7] \x1b\n");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn escaping_round_trips_and_shows_no_control_bytes(
+                bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            ) {
+                let mut out = Vec::new();
+                escape_into(&mut out, &bytes);
+                let text = std::str::from_utf8(&out);
+                prop_assert!(text.is_ok(), "escaped output is UTF-8");
+                let text = text.unwrap_or_default();
+                prop_assert!(!text.chars().any(|c| c.is_control() && c != '\t'));
+                prop_assert_eq!(unescape(&out), Some(bytes));
+            }
+        }
+    }
 }
