@@ -1,15 +1,17 @@
 //! The command line: clap's `Args`, parsed and checked into a [`Config`]. clap types stop here.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 use ipnet::IpNet;
 use log::LevelFilter;
 
 use crate::access::{AccessRules, parse_network};
 use crate::config::{Config, DEFAULT_MAX_CONNS, DEFAULT_PORT};
-use crate::output::Style;
+use crate::format::{Format, OutputOptions, Style};
 use crate::worker::WorkerSettings;
 
 const EXAMPLES: &str = "\
@@ -17,7 +19,11 @@ Examples:
   overhear                          listen on 127.0.0.1:7878 for 2 minutes
   overhear --port 9000 --duration 0 listen on port 9000 until Ctrl-C
   overhear --host :: --duration 1h  listen on every IPv6 and IPv4 address for an hour
+  overhear --format json -o log.jsonl  write one JSON object per event to log.jsonl
+  overhear --hex --echo             hex-dump a binary protocol and echo every byte back
   nc 127.0.0.1 7878                 connect a client; each line it sends is printed as [N] line
+  overhear --completions bash > /etc/bash_completion.d/overhear
+  overhear --man > overhear.1       write the manual page
 
 Exit status: 0 stopped as asked (timer, Ctrl-C/SIGTERM, output closed), 1 error (cannot listen,
 output failed), 2 bad arguments, 130 a second Ctrl-C/SIGTERM during shutdown.";
@@ -64,8 +70,45 @@ pub struct Args {
     max_line: usize,
 
     /// Print message bytes unchanged instead of escaping control bytes and invalid UTF-8
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["hex", "format"])]
     raw: bool,
+
+    /// Output format: text lines "[N] message", or JSON Lines (one object per event)
+    #[arg(long, value_enum, default_value_t = FormatChoice::Text)]
+    format: FormatChoice,
+
+    /// Show what clients send as a hex dump (offset, hex bytes, printable column)
+    #[arg(long, conflicts_with = "format")]
+    hex: bool,
+
+    /// Start each output line with an RFC 3339 UTC time with milliseconds
+    #[arg(long)]
+    timestamps: bool,
+
+    /// Color client numbers: auto (on a terminal, unless NO_COLOR is set), always, never
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+
+    /// Send every byte a client sends back to it
+    #[arg(long)]
+    echo: bool,
+
+    /// Append messages to FILE instead of writing them to stdout
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Log the time left and the clients connected every INTERVAL (default 1m when given)
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1m",
+          value_parser = parse_positive_duration)]
+    progress: Option<Duration>,
+
+    /// Print a completion script for SHELL to stdout and exit
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
+
+    /// Print the manual page (roff) to stdout and exit
+    #[arg(long, exclusive = true)]
+    man: bool,
 
     /// Log more on stderr (-v debug, -vv trace)
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
@@ -76,7 +119,54 @@ pub struct Args {
     quiet: u8,
 }
 
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatChoice {
+    Text,
+    Json,
+}
+
+/// `--color` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to color: `always`, or `auto` on a terminal when `NO_COLOR` is unset or empty.
+    pub fn resolve(self, terminal: bool, no_color: Option<&str>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && no_color.is_none_or(str::is_empty),
+        }
+    }
+}
+
+/// What the binary does instead of listening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    Completions(clap_complete::Shell),
+    Man,
+}
+
 impl Args {
+    /// Whether the arguments ask for a completion script or the manual page instead of a run.
+    pub fn extra(&self) -> Option<Extra> {
+        match (self.completions, self.man) {
+            (Some(shell), _) => Some(Extra::Completions(shell)),
+            (None, true) => Some(Extra::Man),
+            (None, false) => None,
+        }
+    }
+
+    /// The file to append messages to, if not stdout.
+    pub fn output_path(&self) -> Option<&std::path::Path> {
+        self.output.as_deref()
+    }
+
     /// How much to log: info, stepped up by `-v` and down by `-q`.
     pub fn log_level(&self) -> LevelFilter {
         const LEVELS: [LevelFilter; 6] = [
@@ -91,18 +181,34 @@ impl Args {
         LEVELS[index.clamp(0, 5) as usize]
     }
 
-    /// The validated configuration these arguments describe.
+    /// The validated configuration these arguments describe. Color is decided here, from
+    /// `--color`, whether stdout is a terminal, and `NO_COLOR`.
     pub fn into_config(self) -> Config {
+        let terminal = self.output.is_none() && std::io::stdout().is_terminal();
+        let no_color = std::env::var("NO_COLOR").ok();
+        let format = match (self.hex, self.format) {
+            (true, _) => Format::Hex,
+            (false, FormatChoice::Json) => Format::Json,
+            (false, FormatChoice::Text) => Format::Text,
+        };
         Config {
             addr: SocketAddr::new(self.host, self.port),
             duration: (!self.duration.is_zero()).then_some(self.duration),
             max_conns: self.max_conns,
             access: AccessRules::new(self.allow, self.deny),
+            progress: self.progress,
             worker: WorkerSettings {
                 poll_interval: self.poll_interval,
                 idle_timeout: self.idle_timeout,
                 max_line: self.max_line,
-                style: if self.raw { Style::Raw } else { Style::Escaped },
+                output: OutputOptions {
+                    format,
+                    style: if self.raw { Style::Raw } else { Style::Escaped },
+                    timestamps: self.timestamps,
+                    color: format != Format::Json
+                        && self.color.resolve(terminal, no_color.as_deref()),
+                },
+                echo: self.echo,
             },
         }
     }
@@ -181,7 +287,10 @@ mod tests {
         assert_eq!(config.addr, "127.0.0.1:7878".parse().expect("literal"));
         assert_eq!(config.duration, Some(Duration::from_secs(120)));
         assert_eq!(config.worker.poll_interval, Duration::from_millis(100));
-        assert_eq!(config.worker.style, Style::Escaped);
+        assert_eq!(config.worker.output.style, Style::Escaped);
+        assert_eq!(config.worker.output.format, Format::Text);
+        assert!(!config.worker.echo);
+        assert_eq!(config.progress, None);
     }
 
     #[test]
@@ -251,6 +360,47 @@ mod tests {
         let config = parse(&[]).expect("valid").into_config();
         assert_eq!(config.max_conns, 1000);
         assert_eq!(config.worker.idle_timeout, None);
+    }
+
+    #[test]
+    fn output_modes_reach_the_config() {
+        let output = |args: &[&str]| parse(args).expect("valid").into_config().worker.output;
+        assert_eq!(output(&["--format", "json"]).format, Format::Json);
+        assert_eq!(output(&["--hex"]).format, Format::Hex);
+        assert_eq!(output(&["--raw"]).style, Style::Raw);
+        assert!(output(&["--timestamps"]).timestamps);
+        assert!(output(&["--color", "always"]).color);
+        assert!(!output(&["--color", "always", "--format", "json"]).color);
+        assert!(parse(&["--hex", "--format", "json"]).is_err());
+        assert!(parse(&["--raw", "--hex"]).is_err());
+        let progress = |args: &[&str]| parse(args).expect("valid").into_config().progress;
+        assert_eq!(progress(&["--progress"]), Some(Duration::from_secs(60)));
+        assert_eq!(
+            progress(&["--progress", "5s"]),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn color_follows_terminal_and_no_color() {
+        assert!(ColorChoice::Auto.resolve(true, None));
+        assert!(ColorChoice::Auto.resolve(true, Some("")));
+        assert!(!ColorChoice::Auto.resolve(true, Some("1")));
+        assert!(!ColorChoice::Auto.resolve(false, None));
+        assert!(ColorChoice::Always.resolve(false, Some("1")));
+        assert!(!ColorChoice::Never.resolve(true, None));
+    }
+
+    #[test]
+    fn completions_and_man_stand_alone() {
+        let extra = |args: &[&str]| parse(args).expect("valid").extra();
+        assert_eq!(extra(&["--man"]), Some(Extra::Man));
+        assert_eq!(
+            extra(&["--completions", "zsh"]),
+            Some(Extra::Completions(clap_complete::Shell::Zsh))
+        );
+        assert_eq!(extra(&[]), None);
+        assert!(parse(&["--man", "--port", "1"]).is_err());
     }
 
     #[test]

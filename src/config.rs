@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::access::AccessRules;
-use crate::output::Style;
+use crate::format::OutputOptions;
 use crate::worker::WorkerSettings;
 
 /// Default port, as in the tutorial overhear grows from.
@@ -30,6 +30,8 @@ pub struct Config {
     pub max_conns: usize,
     /// Which peers may connect.
     pub access: AccessRules,
+    /// Log the time left and the clients connected this often; `None` does not.
+    pub progress: Option<Duration>,
     /// What each worker needs: poll interval, idle timeout, maximum line, output style.
     pub worker: WorkerSettings,
 }
@@ -41,11 +43,13 @@ impl Default for Config {
             duration: Some(DEFAULT_DURATION),
             max_conns: DEFAULT_MAX_CONNS,
             access: AccessRules::default(),
+            progress: None,
             worker: WorkerSettings {
                 poll_interval: DEFAULT_POLL_INTERVAL,
                 idle_timeout: None,
                 max_line: DEFAULT_MAX_LINE,
-                style: Style::Escaped,
+                output: OutputOptions::default(),
+                echo: false,
             },
         }
     }

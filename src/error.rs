@@ -21,6 +21,11 @@ pub enum Error {
     Bind { addr: SocketAddr, source: io::Error },
     /// Writing client messages to the output failed (other than the reader leaving).
     Output(io::Error),
+    /// The `--output` file could not be opened.
+    OutputOpen {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     /// The process could not set up what it needs to run (the stop pipe, a thread).
     Setup {
         what: &'static str,
@@ -34,9 +39,11 @@ impl Error {
     /// The process exit status for this error, from the table documented in README.md.
     pub fn exit_status(&self) -> u8 {
         match self {
-            Error::Bind { .. } | Error::Output(_) | Error::Setup { .. } | Error::Signal(_) => {
-                EXIT_FAILURE
-            }
+            Error::Bind { .. }
+            | Error::Output(_)
+            | Error::OutputOpen { .. }
+            | Error::Setup { .. }
+            | Error::Signal(_) => EXIT_FAILURE,
         }
     }
 }
@@ -48,6 +55,9 @@ impl fmt::Display for Error {
                 write!(f, "cannot listen on {addr}: {}", describe(source))
             }
             Error::Output(source) => write!(f, "cannot write output: {}", describe(source)),
+            Error::OutputOpen { path, source } => {
+                write!(f, "cannot open {}: {}", path.display(), describe(source))
+            }
             Error::Setup { what, source } => write!(f, "cannot {what}: {}", describe(source)),
             Error::Signal(source) => write!(f, "cannot install the signal handler: {source}"),
         }
@@ -57,9 +67,10 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Bind { source, .. } | Error::Output(source) | Error::Setup { source, .. } => {
-                Some(source)
-            }
+            Error::Bind { source, .. }
+            | Error::Output(source)
+            | Error::OutputOpen { source, .. }
+            | Error::Setup { source, .. } => Some(source),
             Error::Signal(source) => Some(source),
         }
     }

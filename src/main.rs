@@ -1,16 +1,20 @@
 //! The `overhear` binary: parses the command line, sets up logging on stderr, runs the server
-//! with stdout as its output, and turns the outcome into an exit status.
+//! with stdout (or `--output FILE`) as its output, prints the summary table, and turns the
+//! outcome into an exit status.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-use overhear::cli::Args;
+use clap::{CommandFactory, Parser};
+use overhear::cli::{Args, Extra};
 use overhear::{Error, Server};
 
 fn main() -> ExitCode {
     // clap prints its own message and exits with status 2 on bad arguments.
     let args = Args::parse();
+    if let Some(extra) = args.extra() {
+        return print_extra(extra);
+    }
     init_logging(args.log_level());
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,9 +29,16 @@ fn run(args: Args) -> Result<(), Error> {
     if let Some(limit) = overhear::server::raise_fd_limit() {
         log::debug!("open-file limit: {limit}");
     }
+    let sink = match args.output_path() {
+        Some(path) => open_append(path)?,
+        None => stdout()?,
+    };
     let server = Server::bind(args.into_config())?;
     server.shutdown().install_signal_handler()?;
-    server.run(Box::new(stdout()?))?;
+    let summary = server.run(Box::new(sink))?;
+    if log::log_enabled!(log::Level::Info) && summary.clients > 0 {
+        eprint!("{}", summary.table());
+    }
     Ok(())
 }
 
@@ -43,6 +54,38 @@ fn stdout() -> Result<std::fs::File, Error> {
             source,
         })?;
     Ok(std::fs::File::from(fd))
+}
+
+fn open_append(path: &std::path::Path) -> Result<std::fs::File, Error> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|source| Error::OutputOpen {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Prints a completion script or the manual page, generated from the command-line definition.
+fn print_extra(extra: Extra) -> ExitCode {
+    let mut command = Args::command();
+    let mut out = std::io::stdout().lock();
+    let written = match extra {
+        Extra::Completions(shell) => {
+            clap_complete::generate(shell, &mut command, "overhear", &mut out);
+            Ok(())
+        }
+        Extra::Man => clap_mangen::Man::new(command).render(&mut out),
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot write: {}", overhear::error::describe(&err));
+            ExitCode::from(overhear::error::EXIT_FAILURE)
+        }
+    }
 }
 
 /// Logs to stderr at `level`, unless `RUST_LOG` says otherwise: `time LEVEL message`.

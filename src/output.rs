@@ -1,5 +1,5 @@
-//! Output: how a message becomes bytes on stdout (the `[N] ` prefix and the escaping of client
-//! bytes), and the shared, locked sink every worker writes its formatted lines to.
+//! Output: the escaping that keeps client bytes from driving a terminal, and the shared, locked
+//! sink every worker writes its formatted lines to.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,53 +8,7 @@ use std::sync::{Arc, Mutex};
 use log::{error, info};
 
 use crate::error::{Error, describe};
-use crate::framing::Piece;
 use crate::shutdown::{Shutdown, StopReason};
-use crate::worker::ClientId;
-
-/// How client bytes are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Style {
-    /// Control bytes, `\` and invalid UTF-8 shown as visible escapes (the default).
-    #[default]
-    Escaped,
-    /// Message bytes unchanged after the prefix.
-    Raw,
-}
-
-/// Formats one client's messages as output lines: `[N] message` or, for a piece continuing a
-/// message longer than the maximum line, `[N+] rest`.
-#[derive(Debug, Clone)]
-pub struct LineFormat {
-    style: Style,
-    prefix: Vec<u8>,
-    continued_prefix: Vec<u8>,
-}
-
-impl LineFormat {
-    /// The format for client `id`.
-    pub fn new(id: ClientId, style: Style) -> LineFormat {
-        LineFormat {
-            style,
-            prefix: format!("[{}] ", id.number()).into_bytes(),
-            continued_prefix: format!("[{}+] ", id.number()).into_bytes(),
-        }
-    }
-
-    /// Appends the output line for `piece`, newline included, to `out`.
-    pub fn append(&self, out: &mut Vec<u8>, piece: Piece<'_>) {
-        out.extend_from_slice(if piece.continued {
-            &self.continued_prefix
-        } else {
-            &self.prefix
-        });
-        match self.style {
-            Style::Escaped => escape_into(out, piece.bytes),
-            Style::Raw => out.extend_from_slice(piece.bytes),
-        }
-        out.push(b'\n');
-    }
-}
 
 /// Whether `byte` passes through escaping as itself: printable ASCII other than `\`, and tab.
 fn is_plain(byte: u8) -> bool {
@@ -260,37 +214,6 @@ mod tests {
             assert!(out.iter().all(|&b| b >= 0x20 || b == b'\t'));
             assert_eq!(unescape(&out).as_deref(), Some(sample));
         }
-    }
-
-    #[test]
-    fn lines_carry_the_client_number() {
-        let format = LineFormat::new(ClientId::new(7), Style::Escaped);
-        let mut out = Vec::new();
-        format.append(
-            &mut out,
-            Piece {
-                bytes: b"hi\x1b",
-                continued: false,
-            },
-        );
-        format.append(
-            &mut out,
-            Piece {
-                bytes: b"more",
-                continued: true,
-            },
-        );
-        assert_eq!(out, b"[7] hi\\x1b\n[7+] more\n");
-        let raw = LineFormat::new(ClientId::new(7), Style::Raw);
-        let mut out = Vec::new();
-        raw.append(
-            &mut out,
-            Piece {
-                bytes: b"\x1b",
-                continued: false,
-            },
-        );
-        assert_eq!(out, b"[7] \x1b\n");
     }
 
     mod properties {

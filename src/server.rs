@@ -19,10 +19,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
+use crate::format::Format;
 use crate::output::Output;
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
-use crate::worker::{ClientId, ClientReport, Worker, WorkerHandle};
+use crate::summary::Summary;
+use crate::worker::{ClientId, Worker, WorkerHandle};
 
 /// Pending connections the kernel queues before `accept`. std's `TcpListener::bind` uses 128,
 /// which a burst of clients overflows, costing each unlucky one a SYN retry of a second or more.
@@ -30,21 +32,6 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Totals of a finished run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Clients that got a number and a worker.
-    pub clients: u64,
-    /// Messages received from all clients.
-    pub messages: u64,
-    /// Bytes received from all clients.
-    pub bytes: u64,
-    /// Connections closed without a number or a worker: access rules, `--max-conns`, no thread.
-    pub refused: u64,
-    /// Workers that panicked (always 0 unless there is a bug).
-    pub panicked: u64,
-}
 
 /// Why a connection got no worker.
 #[derive(Debug)]
@@ -70,13 +57,6 @@ impl fmt::Display for Refusal {
             Refusal::NoThread(err) => write!(f, "cannot start a thread: {}", describe(err)),
             Refusal::Socket(err) => write!(f, "cannot set up its socket: {}", describe(err)),
         }
-    }
-}
-
-impl Summary {
-    fn add(&mut self, report: &ClientReport) {
-        self.messages += report.messages;
-        self.bytes += report.bytes;
     }
 }
 
@@ -198,6 +178,7 @@ impl Server {
             output: &output,
             next_id: 1,
         };
+        let mut next_progress = config.progress.map(|every| Instant::now() + every);
         loop {
             workers.reap(&mut summary);
             if shutdown.is_requested() {
@@ -209,9 +190,17 @@ impl Server {
                 shutdown.request(StopReason::Timer);
                 break;
             }
-            let wait = deadline.map_or(config.worker.poll_interval, |d| {
-                (d - now).min(config.worker.poll_interval)
-            });
+            if let (Some(due), Some(every)) = (next_progress, config.progress) {
+                if now >= due {
+                    report_progress(&workers, accept.next_id - 1, deadline);
+                    next_progress = Some(now + every);
+                }
+            }
+            let wait = [deadline, next_progress]
+                .into_iter()
+                .flatten()
+                .map(|d| d.saturating_duration_since(now))
+                .fold(config.worker.poll_interval, Duration::min);
             let backoff = accept.wait_and_accept(wait, &mut workers, &mut summary);
             if !backoff.is_zero() {
                 sleep_unless_stopped(&shutdown, backoff);
@@ -229,6 +218,11 @@ impl Server {
             "stopped {live} workers in {}",
             poll::rounded(stopping.elapsed())
         );
+        if config.worker.output.format == Format::Json {
+            let mut event = Vec::new();
+            summary.json(&mut event);
+            output.write(&event);
+        }
         let written = output.finish();
         info!(
             "served {} clients: {} messages, {} bytes; refused {} connections",
@@ -274,13 +268,14 @@ impl Acceptor<'_> {
         }
         loop {
             match self.listener.accept() {
-                Ok((stream, peer)) => match self.admit(peer, workers, summary) {
-                    Ok(()) => self.start_worker(stream, peer, workers, summary),
-                    Err(refusal) => {
-                        summary.refused += 1;
-                        warn!("refused {peer}: {refusal}");
+                Ok((stream, peer)) => {
+                    let started = self
+                        .admit(peer, workers, summary)
+                        .and_then(|()| self.start_worker(stream, peer, workers));
+                    if let Err(refusal) = started {
+                        self.refuse(peer, &refusal, summary);
                     }
-                },
+                }
                 Err(err) => match err.kind() {
                     io::ErrorKind::WouldBlock => return Duration::ZERO,
                     // The client gave up while queued, or a signal arrived: nothing to do.
@@ -319,18 +314,14 @@ impl Acceptor<'_> {
         Ok(())
     }
 
+    /// Starts a worker for `stream`, numbering it.
     fn start_worker(
         &mut self,
         stream: TcpStream,
         peer: SocketAddr,
         workers: &mut Workers,
-        summary: &mut Summary,
-    ) {
-        if let Err(err) = stream.set_nonblocking(true) {
-            summary.refused += 1;
-            warn!("refused {peer}: {}", Refusal::Socket(err));
-            return;
-        }
+    ) -> Result<(), Refusal> {
+        stream.set_nonblocking(true).map_err(Refusal::Socket)?;
         let id = ClientId::new(self.next_id);
         let worker = Worker::new(
             id,
@@ -340,15 +331,20 @@ impl Acceptor<'_> {
             self.config.worker.clone(),
             self.output.clone(),
         );
-        match WorkerHandle::spawn(worker) {
-            Ok(handle) => {
-                self.next_id += 1;
-                workers.insert(handle);
-            }
-            Err(err) => {
-                summary.refused += 1;
-                warn!("refused {peer}: {}", Refusal::NoThread(err));
-            }
+        let handle = WorkerHandle::spawn(worker).map_err(Refusal::NoThread)?;
+        self.next_id += 1;
+        workers.insert(handle);
+        Ok(())
+    }
+
+    /// Counts and reports a connection that gets no worker; its stream is already closed.
+    fn refuse(&self, peer: SocketAddr, refusal: &Refusal, summary: &mut Summary) {
+        summary.refused += 1;
+        warn!("refused {peer}: {refusal}");
+        if self.config.worker.output.format == Format::Json {
+            let mut event = Vec::new();
+            crate::format::refused(&mut event, peer, &refusal.to_string());
+            self.output.write(&event);
         }
     }
 }
@@ -414,6 +410,21 @@ fn announce(addr: SocketAddr, config: &Config) {
         ),
         None => info!("running until Ctrl-C/SIGTERM"),
     }
+}
+
+/// Logs how the run is going: clients now and so far, and the time left before the timed stop.
+fn report_progress(workers: &Workers, served: u64, deadline: Option<Instant>) {
+    let left = match deadline {
+        Some(d) => format!(
+            "stopping in {}",
+            poll::rounded(d.saturating_duration_since(Instant::now()))
+        ),
+        None => String::from("no timed stop"),
+    };
+    info!(
+        "{} clients connected, {served} served so far; {left}",
+        workers.len()
+    );
 }
 
 /// Sleeps for `duration`, or less if a stop is requested meanwhile.

@@ -7,7 +7,7 @@
 //! that drain, because a `shutdown(SHUT_RD)` discards bytes the client's kernel still holds back.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use log::{Level, debug, info, log, warn};
 
 use crate::error::describe;
+use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions};
 use crate::framing::{LineFramer, Piece};
-use crate::output::{LineFormat, Output, Style};
+use crate::output::Output;
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::Shutdown;
 
@@ -72,8 +73,10 @@ pub struct WorkerSettings {
     pub idle_timeout: Option<Duration>,
     /// Longest message handed out whole; longer ones come in pieces.
     pub max_line: usize,
-    /// How client bytes are written.
-    pub style: Style,
+    /// How output looks.
+    pub output: OutputOptions,
+    /// Send every byte received back to its client.
+    pub echo: bool,
 }
 
 /// Why a client's connection ended.
@@ -105,11 +108,8 @@ impl fmt::Display for End {
 pub struct ClientReport {
     pub id: ClientId,
     pub peer: SocketAddr,
-    /// Messages received (a message cut into pieces counts once).
-    pub messages: u64,
-    /// Bytes received, line ends included.
-    pub bytes: u64,
-    pub connected_for: Duration,
+    /// Messages and bytes received, and for how long.
+    pub totals: ClientTotals,
     pub end: End,
 }
 
@@ -124,7 +124,7 @@ pub struct Worker {
     settings: WorkerSettings,
     output: Output,
     framer: LineFramer,
-    format: LineFormat,
+    format: ClientFormat,
     /// Read buffer; allocated while the client sends, released when it goes quiet.
     buf: Vec<u8>,
     /// Formatted lines not yet written; allocated while the client sends.
@@ -157,7 +157,7 @@ impl Worker {
             stop: Arc::new(AtomicBool::new(false)),
             shutdown,
             framer: LineFramer::new(settings.max_line),
-            format: LineFormat::new(id, settings.style),
+            format: ClientFormat::new(id, peer, settings.output),
             settings,
             output,
             buf: Vec::new(),
@@ -170,17 +170,30 @@ impl Worker {
     fn run(mut self) -> ClientReport {
         let started = Instant::now();
         info!("{} connected from {}", self.id, self.peer);
+        self.format.stamp();
+        self.format.connect(&mut self.lines);
+        self.hand_over();
         let end = self.serve();
         let Worker {
             framer,
             format,
             lines,
             messages,
+            settings,
             ..
         } = &mut self;
-        framer.finish(|piece| record(piece, messages, format, lines));
+        format.stamp();
+        let show = settings.output.format != Format::Hex;
+        framer.finish(|piece| record(piece, messages, show.then_some(&*format), lines));
+        let totals = ClientTotals {
+            messages: self.messages,
+            bytes: self.bytes,
+            connected_for: started.elapsed(),
+        };
+        self.format
+            .disconnect(&mut self.lines, &totals, &end.to_string());
         self.hand_over();
-        let connected_for = started.elapsed();
+        let connected_for = totals.connected_for;
         let level = match end {
             End::Failed(_) | End::Idle(_) => Level::Warn,
             _ => Level::Info,
@@ -196,9 +209,7 @@ impl Worker {
         ClientReport {
             id: self.id,
             peer: self.peer,
-            messages: self.messages,
-            bytes: self.bytes,
-            connected_for,
+            totals,
             end,
         }
     }
@@ -287,21 +298,61 @@ impl Worker {
         Ok((end, total))
     }
 
-    /// Frames and formats the first `n` bytes of the read buffer.
+    /// Frames and formats the first `n` bytes of the read buffer (and echoes them if asked).
     fn consume(&mut self, n: usize) {
-        self.bytes += n as u64;
         let Worker {
             framer,
             format,
             lines,
             buf,
             messages,
+            bytes,
+            settings,
             ..
         } = self;
         if lines.capacity() == 0 {
             lines.reserve(READ_CHUNK + READ_CHUNK / 4);
         }
-        framer.push(&buf[..n], |piece| record(piece, messages, format, lines));
+        format.stamp();
+        let data = &buf[..n];
+        if settings.output.format == Format::Hex {
+            format.hex(lines, *bytes, data);
+            // Still framed, so the counts of messages mean the same in every format.
+            framer.push(data, |piece| record(piece, messages, None, lines));
+        } else {
+            framer.push(data, |piece| record(piece, messages, Some(format), lines));
+        }
+        *bytes += n as u64;
+        if self.settings.echo {
+            self.echo(n);
+        }
+    }
+
+    /// Sends the first `n` bytes of the read buffer back to the client, waiting while its
+    /// receive window is full. Gives up on a stop or when the client no longer reads.
+    fn echo(&self, n: usize) {
+        let mut rest = &self.buf[..n];
+        while !rest.is_empty() {
+            match (&self.stream).write(rest) {
+                Ok(written) => rest = &rest[written..],
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [
+                        Fd::new(&self.stream, Flags::OUT),
+                        Fd::new(self.shutdown.waker(), Flags::IN),
+                    ];
+                    let stopping = poll::wait(&mut fds, self.settings.poll_interval)
+                        .map_or(true, |_| !fds[1].revents().is_empty());
+                    if stopping || self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    debug!("{}: cannot echo: {}", self.id, describe(&err));
+                    return;
+                }
+            }
+        }
     }
 
     /// Writes the formatted lines out (blocking while the output is slow).
@@ -335,12 +386,20 @@ impl Worker {
     }
 }
 
-/// Counts `piece` (a message cut into pieces counts once) and formats it into `lines`.
-fn record(piece: Piece<'_>, messages: &mut u64, format: &LineFormat, lines: &mut Vec<u8>) {
+/// Counts `piece` (a message cut into pieces counts once) and formats it into `lines`, unless
+/// the output shows bytes rather than messages (`format` is `None`).
+fn record(
+    piece: Piece<'_>,
+    messages: &mut u64,
+    format: Option<&ClientFormat>,
+    lines: &mut Vec<u8>,
+) {
     if !piece.continued {
         *messages += 1;
     }
-    format.append(lines, piece);
+    if let Some(format) = format {
+        format.message(lines, piece);
+    }
 }
 
 /// What the listener keeps for a live worker: its thread, its stop flag and its number.

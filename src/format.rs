@@ -1,0 +1,412 @@
+//! How events become output bytes: text lines (`[N] message`, optionally timestamped and
+//! colored), JSON Lines, or a hex dump. Workers format their own client's events; the listener
+//! formats refusals and the summary. Writing the bytes is [`crate::output::Output`]'s job.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use serde::Serialize;
+
+use crate::framing::Piece;
+use crate::output::escape_into;
+use crate::worker::ClientId;
+
+/// The output format (`--format`, `--hex`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `[N] message` lines.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+    /// A hex dump of the bytes each client sends, with offsets and a printable column.
+    Hex,
+}
+
+/// How client bytes are written in text format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Style {
+    /// Control bytes, `\` and invalid UTF-8 shown as visible escapes (the default).
+    #[default]
+    Escaped,
+    /// Message bytes unchanged after the prefix.
+    Raw,
+}
+
+/// Everything that decides how output looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutputOptions {
+    pub format: Format,
+    pub style: Style,
+    /// Start each text or hex line with an RFC 3339 UTC time with milliseconds.
+    pub timestamps: bool,
+    /// Color each client's number (only ever set when writing to a terminal, or when forced).
+    pub color: bool,
+}
+
+/// Foreground colors for client numbers: the six ANSI colors, then their bright forms.
+const PALETTE: [u8; 12] = [32, 33, 34, 35, 36, 31, 92, 93, 94, 95, 96, 91];
+
+/// The color escape for client `id`: the same number always gets the same color.
+fn color_of(id: ClientId) -> String {
+    let index = (id.number().saturating_sub(1) % PALETTE.len() as u64) as usize;
+    format!("\x1b[{}m", PALETTE[index])
+}
+
+const RESET: &str = "\x1b[0m";
+
+/// An RFC 3339 UTC time with milliseconds: `2026-11-25T09:25:01.570Z`.
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Formats one client's events.
+#[derive(Debug, Clone)]
+pub struct ClientFormat {
+    id: ClientId,
+    peer: SocketAddr,
+    options: OutputOptions,
+    /// `[N] ` (colored if asked), and `[N+] ` for continued pieces.
+    prefix: Vec<u8>,
+    continued_prefix: Vec<u8>,
+    /// The time stamped on what is formatted next; set once per read by [`ClientFormat::stamp`].
+    now: String,
+}
+
+impl ClientFormat {
+    /// The format for client `id` connected from `peer`.
+    pub fn new(id: ClientId, peer: SocketAddr, options: OutputOptions) -> ClientFormat {
+        let (on, off) = if options.color {
+            (color_of(id), RESET)
+        } else {
+            (String::new(), "")
+        };
+        let n = id.number();
+        ClientFormat {
+            id,
+            peer,
+            options,
+            prefix: format!("{on}[{n}]{off} ").into_bytes(),
+            continued_prefix: format!("{on}[{n}+]{off} ").into_bytes(),
+            now: String::new(),
+        }
+    }
+
+    /// Takes the current time for what is formatted next, if the format shows times. Called once
+    /// per read, not per message: messages from one read share their arrival time.
+    pub fn stamp(&mut self) {
+        if self.options.timestamps || self.options.format == Format::Json {
+            self.now = timestamp(SystemTime::now());
+        }
+    }
+
+    /// Appends the output for one message (or piece of one) to `out`.
+    pub fn message(&self, out: &mut Vec<u8>, piece: Piece<'_>) {
+        if self.options.format == Format::Json {
+            let (data, data_b64) = match std::str::from_utf8(piece.bytes) {
+                Ok(text) => (Some(text), None),
+                Err(_) => (None, Some(base64_of(piece.bytes))),
+            };
+            self.json(
+                out,
+                &Event {
+                    event: "message",
+                    data,
+                    data_b64,
+                    continued: piece.continued.then_some(true),
+                    ..self.event()
+                },
+            );
+            return;
+        }
+        self.line_start(out);
+        out.extend_from_slice(if piece.continued {
+            &self.continued_prefix
+        } else {
+            &self.prefix
+        });
+        match self.options.style {
+            Style::Escaped => escape_into(out, piece.bytes),
+            Style::Raw => out.extend_from_slice(piece.bytes),
+        }
+        out.push(b'\n');
+    }
+
+    /// Appends hex dump rows for `bytes`, which start at byte `offset` of this client's stream:
+    /// `[N] 00000010  48 65 6c 6c 6f 0a …  |Hello.|`, 16 bytes a row.
+    pub fn hex(&self, out: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
+        for (row, chunk) in bytes.chunks(16).enumerate() {
+            self.line_start(out);
+            out.extend_from_slice(&self.prefix);
+            let at = offset + 16 * row as u64;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{at:08x} ");
+            for (i, byte) in chunk.iter().enumerate() {
+                let gap = if i == 8 { "  " } else { " " };
+                let _ = write!(out, "{gap}{byte:02x}");
+            }
+            let missing = 16 - chunk.len();
+            let pad = 3 * missing + usize::from(chunk.len() <= 8);
+            out.extend(std::iter::repeat_n(b' ', pad));
+            out.extend_from_slice(b"  |");
+            out.extend(chunk.iter().map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b
+                } else {
+                    b'.'
+                }
+            }));
+            out.extend_from_slice(b"|\n");
+        }
+    }
+
+    /// Appends the `connect` event (JSON only: in text the log says it).
+    pub fn connect(&self, out: &mut Vec<u8>) {
+        if self.options.format == Format::Json {
+            self.json(
+                out,
+                &Event {
+                    event: "connect",
+                    ..self.event()
+                },
+            );
+        }
+    }
+
+    /// Appends the `disconnect` event (JSON only).
+    pub fn disconnect(&self, out: &mut Vec<u8>, totals: &ClientTotals, reason: &str) {
+        if self.options.format == Format::Json {
+            self.json(
+                out,
+                &Event {
+                    event: "disconnect",
+                    reason: Some(reason),
+                    messages: Some(totals.messages),
+                    bytes: Some(totals.bytes),
+                    connected_ms: Some(millis(totals.connected_for)),
+                    ..self.event()
+                },
+            );
+        }
+    }
+
+    fn event(&self) -> Event<'_> {
+        Event {
+            ts: &self.now,
+            client: Some(self.id.number()),
+            peer: Some(self.peer),
+            ..Event::default()
+        }
+    }
+
+    fn json(&self, out: &mut Vec<u8>, event: &Event<'_>) {
+        write_json(out, event);
+    }
+
+    fn line_start(&self, out: &mut Vec<u8>) {
+        if self.options.timestamps {
+            out.extend_from_slice(self.now.as_bytes());
+            out.push(b' ');
+        }
+    }
+}
+
+/// A client's counts, as its `disconnect` event and the summary report them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTotals {
+    pub messages: u64,
+    pub bytes: u64,
+    pub connected_for: Duration,
+}
+
+/// One JSON Lines event. Fields that do not apply to an event are left out.
+#[derive(Debug, Default, Serialize)]
+pub struct Event<'a> {
+    pub ts: &'a str,
+    pub event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// Present (true) on a piece continuing a message longer than `--max-line`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continued: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_ms: Option<u64>,
+}
+
+/// Appends `value` as one JSON line, with C1 controls escaped as well as C0 ones.
+pub fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
+    let mut serializer = serde_json::Serializer::with_formatter(&mut *out, EscapeC1);
+    // Serializing these plain structs into a Vec cannot fail.
+    let _ = value.serialize(&mut serializer);
+    out.push(b'\n');
+}
+
+/// The `refused` event for a connection turned away (it has no client number).
+pub fn refused(out: &mut Vec<u8>, peer: SocketAddr, reason: &str) {
+    write_json(
+        out,
+        &Event {
+            ts: &timestamp(SystemTime::now()),
+            event: "refused",
+            peer: Some(peer),
+            reason: Some(reason),
+            ..Event::default()
+        },
+    );
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Whole milliseconds of `duration`, saturating.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// serde_json's compact output, but with the C1 controls U+0080–U+009F written as `\u0080`…
+/// `\u009f`: serde_json escapes only C0 controls, and a raw C1 (such as U+009B, CSI) can drive
+/// a terminal that shows the JSON.
+struct EscapeC1;
+
+impl serde_json::ser::Formatter for EscapeC1 {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if ('\u{80}'..='\u{9f}').contains(&c) {
+                writer.write_all(&fragment.as_bytes()[start..i])?;
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(options: OutputOptions) -> ClientFormat {
+        let mut format = ClientFormat::new(
+            ClientId::new(7),
+            "127.0.0.1:5000".parse().expect("literal"),
+            options,
+        );
+        format.stamp();
+        format
+    }
+
+    fn piece(bytes: &[u8], continued: bool) -> Piece<'_> {
+        Piece { bytes, continued }
+    }
+
+    #[test]
+    fn text_lines_carry_the_client_number() {
+        let format = client(OutputOptions::default());
+        let mut out = Vec::new();
+        format.message(&mut out, piece(b"hi\x1b", false));
+        format.message(&mut out, piece(b"more", true));
+        assert_eq!(out, b"[7] hi\\x1b\n[7+] more\n");
+        let raw = client(OutputOptions {
+            style: Style::Raw,
+            ..OutputOptions::default()
+        });
+        let mut out = Vec::new();
+        raw.message(&mut out, piece(b"\x1b", false));
+        assert_eq!(out, b"[7] \x1b\n");
+    }
+
+    #[test]
+    fn colors_wrap_only_the_number_and_are_stable() {
+        let format = client(OutputOptions {
+            color: true,
+            ..OutputOptions::default()
+        });
+        let mut out = Vec::new();
+        format.message(&mut out, piece(b"\x1b[31m", false));
+        assert_eq!(out, b"\x1b[92m[7]\x1b[0m \\x1b[31m\n");
+        assert_eq!(color_of(ClientId::new(7)), color_of(ClientId::new(19)));
+        assert_ne!(color_of(ClientId::new(1)), color_of(ClientId::new(2)));
+    }
+
+    #[test]
+    fn timestamps_lead_the_line() {
+        let format = client(OutputOptions {
+            timestamps: true,
+            ..OutputOptions::default()
+        });
+        let mut out = Vec::new();
+        format.message(&mut out, piece(b"x", false));
+        let text = String::from_utf8(out).expect("utf-8");
+        let (ts, rest) = text.split_once(' ').expect("a space after the time");
+        assert_eq!(rest, "[7] x\n");
+        assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+        assert_eq!(ts.len(), "2026-11-25T09:25:01.570Z".len());
+    }
+
+    #[test]
+    fn json_messages_keep_every_byte() {
+        let format = client(OutputOptions {
+            format: Format::Json,
+            ..OutputOptions::default()
+        });
+        let mut out = Vec::new();
+        format.message(&mut out, piece("é\u{9b}\x1b".as_bytes(), false));
+        format.message(&mut out, piece(b"\xff\x00", true));
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].contains(
+                r#""event":"message","client":7,"peer":"127.0.0.1:5000","data":"é\u009b\u001b""#
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(r#""data_b64":"/wA=","continued":true"#),
+            "{}",
+            lines[1]
+        );
+        assert!(!text.contains('\u{9b}'));
+    }
+
+    #[test]
+    fn hex_rows_look_like_hexdump() {
+        let format = client(OutputOptions {
+            format: Format::Hex,
+            ..OutputOptions::default()
+        });
+        let mut out = Vec::new();
+        format.hex(&mut out, 16, b"Hello, world!\n\x00\xffmore");
+        let text = String::from_utf8(out).expect("utf-8");
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            rows[0],
+            "[7] 00000010  48 65 6c 6c 6f 2c 20 77  6f 72 6c 64 21 0a 00 ff  |Hello, world!...|"
+        );
+        assert_eq!(
+            rows[1],
+            "[7] 00000020  6d 6f 72 65                                       |more|"
+        );
+    }
+}
