@@ -79,7 +79,7 @@ impl Kind {
             Kind::Overhear => {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_overhear"));
                 cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
-                cmd.args(["--duration", "0"]);
+                cmd.args(["--duration", "0", "--max-conns", "100000"]);
                 cmd
             }
             Kind::Ncat if have("ncat") => {
