@@ -266,7 +266,8 @@ impl Acceptor<'_> {
         if fds[0].revents().is_empty() || self.shutdown.is_requested() {
             return Duration::ZERO;
         }
-        loop {
+        // A flood of connections must not hide a stop: check it between accepts.
+        while !self.shutdown.is_requested() {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     let started = self
@@ -291,6 +292,7 @@ impl Acceptor<'_> {
                 },
             }
         }
+        Duration::ZERO
     }
 
     /// Whether `peer` may have a worker: allowed by the access rules, and under `--max-conns`

@@ -1,5 +1,5 @@
-//! One client's thread: `Worker` is its read loop (poll, read, frame, format, hand to the
-//! writer), `WorkerHandle` is what the listener keeps to stop and join it.
+//! One client's thread: `Worker` is its read loop (poll, read, frame, format, write), and
+//! `WorkerHandle` is what the listener keeps to stop and join it.
 //!
 //! A worker blocks in `poll(2)` on two things: its socket and the shared stop pipe. When the stop
 //! pipe becomes readable (or its own stop flag is set) it drains: it reads what its socket still
