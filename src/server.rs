@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{Level, error, info, log, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::access::Denial;
@@ -177,6 +177,7 @@ impl Server {
             shutdown: &shutdown,
             output: &output,
             next_id: 1,
+            starved: false,
         };
         let mut next_progress = config.progress.map(|every| Instant::now() + every);
         loop {
@@ -240,6 +241,8 @@ struct Acceptor<'a> {
     output: &'a Output,
     /// The number the next client gets; a number is never reused.
     next_id: u64,
+    /// Whether the last accept failed (out of descriptors): later failures are not logged again.
+    starved: bool,
 }
 
 impl Acceptor<'_> {
@@ -270,6 +273,9 @@ impl Acceptor<'_> {
         while !self.shutdown.is_requested() {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
+                    if std::mem::take(&mut self.starved) {
+                        info!("accepting clients again");
+                    }
                     let started = self
                         .admit(peer, workers, summary)
                         .and_then(|()| self.start_worker(stream, peer, workers));
@@ -282,11 +288,15 @@ impl Acceptor<'_> {
                     // The client gave up while queued, or a signal arrived: nothing to do.
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted => {}
                     _ => {
-                        error!(
-                            "cannot accept a client: {}; retrying in {}",
+                        // Out of descriptors, typically: say so once, not every back-off.
+                        let level = if self.starved { Level::Debug } else { Level::Error };
+                        log!(
+                            level,
+                            "cannot accept a client: {}; retrying every {} until it works",
                             describe(&err),
                             humantime::format_duration(ACCEPT_BACKOFF)
                         );
+                        self.starved = true;
                         return ACCEPT_BACKOFF;
                     }
                 },

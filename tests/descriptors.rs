@@ -1,0 +1,165 @@
+//! Running out of file descriptors: the server, started with a hard limit of a few descriptors,
+//! logs the failed accept once, backs off instead of spinning, and serves the waiting clients
+//! once descriptors are free again.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::{TIMEOUT, bin, connect, send};
+
+/// The server under `ulimit -n LIMIT`, with its stderr lines arriving on a channel.
+struct Limited {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Limited {
+    fn start(limit: u32) -> Limited {
+        // `ulimit -n` sets the hard limit too, so overhear cannot raise its soft limit past it.
+        let script = format!(
+            "ulimit -n {limit} && exec \"$0\" --host 127.0.0.1 --port 0 --duration 0 --poll-interval 50ms"
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script, bin()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs overhear");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Limited {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    fn wait(&mut self, needle: &str) -> String {
+        self.wait_any(&[needle])
+    }
+
+    /// Waits for a stderr line containing any of `needles` and returns it.
+    fn wait_any(&mut self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if needles.iter().any(|needle| line.contains(needle)) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no stderr line with any of {needles:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Takes every line that arrived by now.
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            self.drain();
+            eprintln!("--- overhear stderr ---\n{}", self.seen.join("\n"));
+        }
+    }
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks (100 a second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the server's stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn running_out_of_descriptors_backs_off_and_recovers() {
+    let mut server = Limited::start(16);
+    let line = server.wait("listening on ");
+    let addr: SocketAddr = line
+        .split_once("listening on ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .and_then(|(addr, _)| addr.parse().ok())
+        .expect("an address in the listening line");
+    // Connect one client at a time until overhear runs out of descriptors. Log lines name each
+    // client by its address, which is how this test tells its clients apart.
+    const OUT_OF_FDS: &str = "cannot accept a client: too many open files";
+    let connected = |client: &TcpStream| {
+        let local = client.local_addr().expect("client address");
+        format!("connected from {local}")
+    };
+    let mut served: Vec<TcpStream> = Vec::new();
+    loop {
+        assert!(served.len() < 32, "a limit of 16 descriptors never ran out");
+        let client = connect(addr);
+        let line = server.wait_any(&[&connected(&client), OUT_OF_FDS]);
+        served.push(client);
+        if line.contains(OUT_OF_FDS) {
+            break;
+        }
+    }
+    // These wait in the backlog until descriptors are free.
+    let queued: Vec<TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    // Backing off, not spinning: while it cannot accept, it sleeps between tries (a busy loop
+    // would burn a whole core) and it says so once, not on every try.
+    let cpu_before = cpu_ticks(server.child.id());
+    thread::sleep(Duration::from_millis(1000));
+    let cpu_used = cpu_ticks(server.child.id()) - cpu_before;
+    assert!(
+        cpu_used < 50,
+        "{cpu_used} ticks of CPU in 100 ticks of waiting"
+    );
+    server.drain();
+    let errors = server
+        .seen
+        .iter()
+        .filter(|l| l.contains("cannot accept"))
+        .count();
+    assert_eq!(errors, 1, "the failure is logged once, not on every retry");
+    // Closing the served clients ends their workers, which frees their descriptors.
+    served.clear();
+    server.wait("accepting clients again");
+    let mut late = queued;
+    for client in &late {
+        if !server.seen.iter().any(|l| l.contains(&connected(client))) {
+            server.wait(&connected(client));
+        }
+    }
+    // A client that waited in the backlog is served end to end.
+    send(&mut late[0], b"still here\n");
+    late[0]
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    server.wait("1 messages, 11 bytes");
+}
