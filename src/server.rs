@@ -289,7 +289,11 @@ impl Acceptor<'_> {
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted => {}
                     _ => {
                         // Out of descriptors, typically: say so once, not every back-off.
-                        let level = if self.starved { Level::Debug } else { Level::Error };
+                        let level = if self.starved {
+                            Level::Debug
+                        } else {
+                            Level::Error
+                        };
                         log!(
                             level,
                             "cannot accept a client: {}; retrying every {} until it works",

@@ -36,8 +36,12 @@ pub const WORKER_STACK: usize = 128 * 1024;
 const READS_PER_WAKE: usize = 16;
 
 /// After a stop, how long a worker that is still receiving waits for the next bytes before it
-/// closes; a client that stopped sending costs nothing here.
-const DRAIN_GRACE: Duration = Duration::from_millis(20);
+/// closes.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// A client heard from this recently may still have bytes on the way at a stop; one silent for
+/// longer is idle and ends at once.
+const RECENTLY: Duration = Duration::from_secs(1);
 
 /// After a stop, the longest a worker keeps reading from a client that never stops sending.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -131,6 +135,10 @@ pub struct Worker {
     lines: Vec<u8>,
     messages: u64,
     bytes: u64,
+    /// When the client last sent something (or connected).
+    heard: Instant,
+    /// Bytes received since the client last paused for longer than [`RECENTLY`].
+    burst: usize,
 }
 
 /// What a worker's poll saw.
@@ -164,6 +172,8 @@ impl Worker {
             lines: Vec::new(),
             messages: 0,
             bytes: 0,
+            heard: Instant::now(),
+            burst: 0,
         }
     }
 
@@ -215,11 +225,10 @@ impl Worker {
     }
 
     fn serve(&mut self) -> End {
-        let mut heard = Instant::now();
         loop {
             let mut wait = self.settings.poll_interval;
             if let Some(idle) = self.settings.idle_timeout {
-                match idle.checked_sub(heard.elapsed()) {
+                match idle.checked_sub(self.heard.elapsed()) {
                     Some(left) if !left.is_zero() => wait = wait.min(left),
                     _ => return End::Idle(idle),
                 }
@@ -233,8 +242,7 @@ impl Worker {
                 Wake::Timeout => {}
                 Wake::Readable => match self.read_available() {
                     Ok((Some(end), _)) => return end,
-                    Ok((None, 0)) => {}
-                    Ok((None, _)) => heard = Instant::now(),
+                    Ok((None, _)) => {}
                     Err(err) => return End::Failed(err),
                 },
             }
@@ -275,6 +283,11 @@ impl Worker {
                 }
                 Ok(n) => {
                     total += n;
+                    if self.heard.elapsed() > RECENTLY {
+                        self.burst = 0;
+                    }
+                    self.burst += n;
+                    self.heard = Instant::now();
                     self.consume(n);
                     self.hand_over();
                 }
@@ -365,23 +378,42 @@ impl Worker {
     /// [`DRAIN_GRACE`] (an idle client: not at all) or [`DRAIN_LIMIT`] has passed.
     fn drain(&mut self) -> End {
         let limit = Instant::now() + DRAIN_LIMIT;
+        // A client that was streaming may have bytes held back in its kernel, waiting for a window
+        // update that Linux sends with a delayed ACK (40 ms or more later) or that crosses the
+        // network. Only such a client gets a grace period on the first look; one that was idle,
+        // or sent a line or two, ends at once.
+        let streaming = self.heard.elapsed() < RECENTLY && self.burst >= READ_CHUNK;
+        let mut grace = if streaming {
+            DRAIN_GRACE
+        } else {
+            Duration::ZERO
+        };
         loop {
+            self.ack_now();
+            let mut fds = [Fd::new(&self.stream, Flags::IN)];
+            match poll::wait(&mut fds, grace) {
+                Ok(0) => return End::Stopped,
+                Ok(_) => {}
+                Err(err) => return End::Failed(err),
+            }
             match self.read_available() {
                 Ok((Some(end), _)) => return end,
-                Ok((None, 0)) => return End::Stopped,
-                Ok((None, _)) => {}
+                Ok(_) => {}
                 Err(err) => return End::Failed(err),
             }
             if Instant::now() >= limit {
                 warn!("{} still sending after the stop; closing", self.id);
                 return End::Stopped;
             }
-            let mut fds = [Fd::new(&self.stream, Flags::IN)];
-            match poll::wait(&mut fds, DRAIN_GRACE) {
-                Ok(0) => return End::Stopped,
-                Ok(_) => {}
-                Err(err) => return End::Failed(err),
-            }
+            grace = DRAIN_GRACE;
+        }
+    }
+
+    /// Sends a pending (delayed) ACK now, so a client held back by a full window learns at once
+    /// that there is room and sends the rest.
+    fn ack_now(&self) {
+        if let Err(err) = rustix::net::sockopt::set_tcp_quickack(&self.stream, true) {
+            debug!("{}: cannot ask for a quick ACK: {err}", self.id);
         }
     }
 }
