@@ -4,8 +4,10 @@
 //!
 //! Run: `cargo bench --bench suite` (all scenarios), or name some:
 //! `cargo bench --bench suite -- throughput churn concurrent latency`. Options:
-//! `--peers overhear,socat` limits the servers; `--clients 1000,5000,10000` sets the
-//! concurrent sizes; `--mib 64` sets the throughput volume per client.
+//! `--peers overhear,socat` limits the servers (and sets their order); `--clients
+//! 1000,5000,10000` sets the concurrent sizes; `--mib 64` the throughput volume per client;
+//! `--rounds 3` how many runs of throughput and churn each figure is the median of; `--dir DIR`
+//! where the servers' output files go (default: the temporary directory).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -357,6 +359,7 @@ fn verify_lines(path: &Path, kind: Kind, clients: usize, lines: usize) -> Verdic
         misattributed: 0,
     };
     let mut expected = Vec::with_capacity(LINE_LEN);
+    let makers: Vec<LineMaker> = (0..clients).map(LineMaker::new).collect();
     let reader = BufReader::with_capacity(1 << 20, File::open(path).expect("output file"));
     for text in reader.split(b'\n') {
         let Ok(mut text) = text else { break };
@@ -387,7 +390,7 @@ fn verify_lines(path: &Path, kind: Kind, clients: usize, lines: usize) -> Verdic
             continue;
         };
         expected.clear();
-        line(c, seq, &mut expected);
+        makers[c].append(seq, &mut expected);
         if body != expected.as_slice() {
             verdict.spliced += 1;
             continue;
@@ -407,112 +410,143 @@ fn verify_lines(path: &Path, kind: Kind, clients: usize, lines: usize) -> Verdic
     verdict
 }
 
-fn throughput(kinds: &[Kind], mib: usize, dir: &Path) {
+/// One throughput run: MB/s, lines/s, and what the output held.
+struct Throughput {
+    mb_s: f64,
+    lines_s: f64,
+    verdict: Option<Verdict>,
+    complete: bool,
+}
+
+fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
+    let path = dir.join(format!("throughput-{}.out", kind.name().replace(' ', "-")));
+    let server = Running::start(kind, Some(&path))?;
+    let raw = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
+    let expected = if kind.numbers_clients() {
+        raw + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
+    } else {
+        raw
+    };
+    let start = Instant::now();
+    let senders: Vec<_> = (0..THROUGHPUT_CLIENTS)
+        .map(|c| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).expect("connect");
+                let mut block = Vec::with_capacity(1 << 20);
+                let maker = LineMaker::new(c);
+                for seq in 0..lines {
+                    maker.append(seq, &mut block);
+                    if block.len() >= (1 << 20) - LINE_LEN {
+                        stream.write_all(&block).expect("send");
+                        block.clear();
+                    }
+                }
+                stream.write_all(&block).expect("send");
+                let _ = stream.shutdown(Shutdown::Write);
+                // Keep the socket until the server has read it all (EOF from the server would
+                // come only at its stop), so closing never resets unread data.
+                stream
+            })
+        })
+        .collect();
+    let streams: Vec<TcpStream> = senders
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    let complete = !kind.prints() || server.wait_output(expected, SCENARIO_LIMIT);
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(streams);
+    drop(server);
+    let verdict = kind
+        .prints()
+        .then(|| verify_lines(&path, kind, THROUGHPUT_CLIENTS, lines));
+    let _ = std::fs::remove_file(&path);
+    Some(Throughput {
+        mb_s: raw as f64 / 1e6 / elapsed,
+        lines_s: (THROUGHPUT_CLIENTS * lines) as f64 / elapsed,
+        verdict,
+        complete,
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
     let lines = mib * 1024 * 1024 / LINE_LEN;
     let mut table = Table::new(
         &format!(
-            "throughput: {THROUGHPUT_CLIENTS} clients × {mib} MiB of {LINE_LEN}-byte lines, stdout to a file"
+            "throughput: {THROUGHPUT_CLIENTS} clients × {mib} MiB of {LINE_LEN}-byte lines, \
+             stdout to a file (median of {rounds} rounds)"
         ),
         &[
             "server",
             "MB/s",
             "lines/s",
             "lost",
-            "dup",
+            "duplicated",
             "spliced",
             "misattributed",
-            "vs overhear",
+            "overhear vs this",
         ],
     );
-    let mut results: Vec<(Kind, f64)> = Vec::new();
-    for &kind in kinds {
-        let path = dir.join(format!("throughput-{}.out", kind.name().replace(' ', "-")));
-        let Some(server) = Running::start(kind, Some(&path)) else {
+    // The first writes of a run into fresh page cache are slower on a VM; warm it up, unmeasured,
+    // so the first server measured is not penalised.
+    if let Some(&first) = kinds.first() {
+        let _ = throughput_run(first, lines / 4, dir);
+    }
+    let mut runs: Vec<(Kind, Vec<Throughput>)> = kinds.iter().map(|&k| (k, Vec::new())).collect();
+    for _ in 0..rounds {
+        for (kind, results) in &mut runs {
+            results.extend(throughput_run(*kind, lines, dir));
+        }
+    }
+    let mb_s =
+        |results: &[Throughput]| median(&mut results.iter().map(|r| r.mb_s).collect::<Vec<_>>());
+    let ours = runs
+        .iter()
+        .find(|(k, _)| *k == Kind::Overhear)
+        .map_or(0.0, |(_, r)| mb_s(r));
+    for (kind, results) in &runs {
+        if results.is_empty() {
             table
                 .rows
                 .push(vec![kind.name().into(), "not installed".into()]);
             continue;
-        };
-        let raw = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
-        let expected = if kind.numbers_clients() {
-            raw + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
-        } else {
-            raw
-        };
-        let start = Instant::now();
-        let senders: Vec<_> = (0..THROUGHPUT_CLIENTS)
-            .map(|c| {
-                let addr = server.addr;
-                thread::spawn(move || {
-                    let mut stream = TcpStream::connect(addr).expect("connect");
-                    let mut block = Vec::with_capacity(1 << 20);
-                    let maker = LineMaker::new(c);
-                    for seq in 0..lines {
-                        maker.append(seq, &mut block);
-                        if block.len() >= (1 << 20) - LINE_LEN {
-                            stream.write_all(&block).expect("send");
-                            block.clear();
-                        }
-                    }
-                    stream.write_all(&block).expect("send");
-                    let _ = stream.shutdown(Shutdown::Write);
-                    // Keep the socket until the server has read it all (EOF from the server
-                    // would come only at its stop), so closing never resets unread data.
-                    stream
-                })
-            })
-            .collect();
-        let streams: Vec<TcpStream> = senders
-            .into_iter()
-            .map(|h| h.join().expect("sender"))
-            .collect();
-        let done = if kind.prints() {
-            server.wait_output(expected, SCENARIO_LIMIT)
-        } else {
-            true
-        };
-        let elapsed = start.elapsed().as_secs_f64();
-        drop(streams);
-        let mb_s = raw as f64 / 1e6 / elapsed;
-        let line_s = (THROUGHPUT_CLIENTS * lines) as f64 / elapsed;
-        let mut row = vec![
-            kind.name().to_string(),
-            format!("{mb_s:.0}"),
-            format!("{line_s:.0}"),
-        ];
-        if kind.prints() {
-            let v = verify_lines(&path, kind, THROUGHPUT_CLIENTS, lines);
-            let note = if done { "" } else { " (timed out)" };
-            row.extend([
-                format!("{}{note}", v.lost),
-                v.duplicated.to_string(),
-                v.spliced.to_string(),
-                if kind.numbers_clients() {
-                    v.misattributed.to_string()
-                } else {
-                    "n/a".into()
-                },
-            ]);
-        } else {
-            row.extend(["n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()]);
         }
-        drop(server);
-        let _ = std::fs::remove_file(&path);
-        results.push((kind, mb_s));
-        table.rows.push(row);
-    }
-    let ours = results
-        .iter()
-        .find(|(k, _)| *k == Kind::Overhear)
-        .map_or(0.0, |r| r.1);
-    for row in &mut table.rows {
-        let theirs = results
-            .iter()
-            .find(|(k, _)| k.name() == row[0])
-            .map_or(0.0, |r| r.1);
-        if row.len() > 2 {
-            row.push(ratio(ours, theirs));
-        }
+        let worst = |f: fn(&Verdict) -> u64| {
+            results
+                .iter()
+                .filter_map(|r| r.verdict.as_ref().map(f))
+                .max()
+                .map_or("n/a".to_string(), |n| n.to_string())
+        };
+        let incomplete = results.iter().filter(|r| !r.complete).count();
+        let lost = worst(|v| v.lost);
+        table.rows.push(vec![
+            kind.name().into(),
+            format!("{:.0}", mb_s(results)),
+            format!(
+                "{:.0}",
+                median(&mut results.iter().map(|r| r.lines_s).collect::<Vec<_>>())
+            ),
+            if incomplete > 0 {
+                format!("{lost} ({incomplete} runs timed out)")
+            } else {
+                lost
+            },
+            worst(|v| v.duplicated),
+            worst(|v| v.spliced),
+            if kind.numbers_clients() {
+                worst(|v| v.misattributed)
+            } else {
+                "n/a".into()
+            },
+            ratio(ours, mb_s(results)),
+        ]);
     }
     table.print();
 }
@@ -877,12 +911,14 @@ fn main() {
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
     };
+    // In the order given, so a run can check that the order does not matter.
     let kinds: Vec<Kind> = match value("--peers") {
-        Some(list) => Kind::ALL
-            .into_iter()
-            .filter(|k| {
-                list.split(',')
-                    .any(|n| n == k.name() || (n == "discard" && *k == Kind::Discard))
+        Some(list) => list
+            .split(',')
+            .filter_map(|n| {
+                Kind::ALL
+                    .into_iter()
+                    .find(|k| n == k.name() || (n == "discard" && *k == Kind::Discard))
             })
             .collect(),
         None => Kind::ALL.to_vec(),
@@ -891,6 +927,10 @@ fn main() {
         .map(|l| l.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
     let mib: usize = value("--mib").and_then(|m| m.parse().ok()).unwrap_or(64);
+    let rounds: usize = value("--rounds")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let known = ["throughput", "churn", "concurrent", "latency"];
     let mut chosen: Vec<&str> = args
         .iter()
@@ -900,7 +940,9 @@ fn main() {
     if chosen.is_empty() {
         chosen = known.to_vec();
     }
-    let dir = std::env::temp_dir().join(format!("overhear-bench-{}", std::process::id()));
+    let dir = value("--dir")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join(format!("overhear-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     println!(
         "overhear benchmark suite — {} cores, {}",
@@ -919,7 +961,7 @@ fn main() {
     );
     for scenario in chosen {
         match scenario {
-            "throughput" => throughput(&kinds, mib, &dir),
+            "throughput" => throughput(&kinds, mib, rounds, &dir),
             "churn" => churn(&kinds, &dir),
             "concurrent" => concurrent(&kinds, &sizes, &dir),
             "latency" => latency(&kinds),

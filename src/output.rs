@@ -1,9 +1,10 @@
 //! Output: the escaping that keeps client bytes from driving a terminal, and the shared, locked
 //! sink every worker writes its formatted lines to.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use log::{error, info};
 
@@ -84,21 +85,33 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Where formatted lines go, shared by every worker: a sink behind a lock, written a whole buffer
-/// of lines at a time, so lines never interleave and each worker does its own `write(2)`.
+/// Most bytes of lines waiting for the current writer before other workers wait too.
+const PENDING_LIMIT: usize = 1024 * 1024;
+
+/// Where formatted lines go, shared by every worker; lines are written whole, a batch at a time,
+/// so they never interleave.
 ///
-/// Each worker writing its own lines, rather than handing them to one writer thread, spreads the
-/// copying over every thread: with 8 busy clients on 2 cores, a lone writer thread gets a 1/17
-/// share of the CPU under fair scheduling and becomes the bottleneck. When the sink is slow, the
-/// worker holding the lock blocks in `write`, the others block on the lock, none of them reads
-/// its socket meanwhile, and TCP pushes back on the clients: nothing is dropped and memory stays
-/// bounded by one buffer per sending client.
+/// There is no writer thread: the worker that finds nobody writing becomes the writer and
+/// writes its lines itself; a worker that finds someone writing appends its lines to a pending
+/// buffer and goes back to its socket, and the writer writes that buffer before it leaves (flat
+/// combining). So the copying is spread over the workers, one `write(2)` carries the lines of
+/// many, and nobody sleeps on a lock while there is room. A lone writer thread would get a 1/17
+/// share of 2 cores among 8 busy workers and 8 clients under fair scheduling, and be the
+/// bottleneck.
+///
+/// When the sink is slow, the pending buffer fills to [`PENDING_LIMIT`], workers wait for room,
+/// stop reading their sockets, and TCP pushes back on the clients: nothing is dropped, and memory
+/// stays bounded by that limit plus one buffer per sending client.
 #[derive(Clone)]
 pub struct Output {
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    state: Mutex<Pending>,
+    /// Signalled when the writer takes the pending lines (or gives up): there is room again.
+    room: Condvar,
+    /// Used only by the current writer, so never contended.
     sink: Mutex<Box<dyn Write + Send>>,
     /// Set once a write failed: later lines are discarded without trying.
     broken: AtomicBool,
@@ -107,13 +120,43 @@ struct Shared {
     shutdown: Shutdown,
 }
 
+/// Lines waiting for the current writer.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    /// Whether a worker is writing; it writes `lines` before it stops being the writer, or
+    /// hands them on to a waiting worker, which writes them first.
+    writing: bool,
+    /// Workers waiting for room.
+    waiting: usize,
+}
+
+/// Batches a writer writes before it hands the role to a waiting worker.
+const WRITER_ROUNDS: usize = 8;
+
+/// The buffer of a batch the writer owns, to reuse for the next one.
+fn reusable(batch: Cow<'_, [u8]>) -> Vec<u8> {
+    match batch {
+        Cow::Owned(buffer) => buffer,
+        Cow::Borrowed(_) => Vec::new(),
+    }
+}
+
+/// Locks `mutex`, using the data even if a thread panicked while holding it: lines are appended
+/// or taken whole, so a panic cannot leave them torn.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Output {
-    /// Output to `sink`, which should be unbuffered: every call to [`Output::write`] is one
-    /// burst of lines that must reach it at once. A failed write requests a stop through
-    /// `shutdown` (a reader that went away is a normal stop).
+    /// Output to `sink`, which should be unbuffered: each batch of lines must reach it at once.
+    /// A failed write requests a stop through `shutdown` (a reader that went away is a normal
+    /// stop).
     pub fn new(sink: Box<dyn Write + Send>, shutdown: Shutdown) -> Output {
         Output {
             shared: Arc::new(Shared {
+                state: Mutex::new(Pending::default()),
+                room: Condvar::new(),
                 sink: Mutex::new(sink),
                 broken: AtomicBool::new(false),
                 failure: Mutex::new(None),
@@ -122,19 +165,63 @@ impl Output {
         }
     }
 
-    /// Writes whole lines, blocking while the sink is slow. After a failed write, discards.
+    /// Writes whole lines, or leaves them to the worker that is writing; waits only while the
+    /// lines waiting are over [`PENDING_LIMIT`]. After a failed write, discards.
     pub fn write(&self, lines: &[u8]) {
-        if lines.is_empty() || self.shared.broken.load(Ordering::Relaxed) {
+        let shared = &*self.shared;
+        if lines.is_empty() || shared.broken.load(Ordering::Relaxed) {
             return;
         }
-        // A panic while holding the lock cannot leave a torn line behind that matters more than
-        // the lines still to come, so a poisoned lock is used as it is.
-        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
-        if self.shared.broken.load(Ordering::Relaxed) {
+        let mut pending = lock(&shared.state);
+        while pending.writing && pending.lines.len() >= PENDING_LIMIT {
+            pending.waiting += 1;
+            pending = shared
+                .room
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.waiting -= 1;
+        }
+        if shared.broken.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(err) = sink.write_all(lines).and_then(|()| sink.flush()) {
-            self.shared.broken.store(true, Ordering::Relaxed);
+        if pending.writing {
+            pending.lines.extend_from_slice(lines);
+            return;
+        }
+        pending.writing = true;
+        // Lines an earlier writer handed on go first: some may be this worker's own.
+        let first = if pending.lines.is_empty() {
+            Cow::Borrowed(lines)
+        } else {
+            pending.lines.extend_from_slice(lines);
+            Cow::Owned(std::mem::take(&mut pending.lines))
+        };
+        drop(pending);
+        let mut sink = lock(&shared.sink);
+        let mut written = sink.write_all(&first);
+        let mut batch = reusable(first);
+        for round in 1.. {
+            let mut pending = lock(&shared.state);
+            // After a few batches, hand the role to a worker waiting for room, so no worker
+            // writes for everyone else while its own client waits.
+            let hand_on = round >= WRITER_ROUNDS && pending.waiting > 0;
+            if written.is_err() || pending.lines.is_empty() || hand_on {
+                pending.writing = false;
+                if written.is_err() {
+                    shared.broken.store(true, Ordering::Relaxed);
+                    pending.lines = Vec::new();
+                }
+                shared.room.notify_all();
+                break;
+            }
+            batch.clear();
+            std::mem::swap(&mut batch, &mut pending.lines);
+            shared.room.notify_all();
+            drop(pending);
+            written = sink.write_all(&batch);
+        }
+        if let Err(err) = written.and_then(|()| sink.flush()) {
+            shared.broken.store(true, Ordering::Relaxed);
             drop(sink);
             self.fail(err);
         }
@@ -147,12 +234,7 @@ impl Output {
         } else {
             error!("cannot write output: {}; stopping", describe(&err));
             self.shared.shutdown.request(StopReason::OutputFailed);
-            let mut failure = self
-                .shared
-                .failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            failure.get_or_insert(err);
+            lock(&self.shared.failure).get_or_insert(err);
         }
     }
 
@@ -161,12 +243,8 @@ impl Output {
     /// # Errors
     /// [`Error::Output`] when a write failed for another reason than the reader going away.
     pub fn finish(&self) -> Result<(), Error> {
-        let mut failure = self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        failure.take().map_or(Ok(()), |err| Err(Error::Output(err)))
+        let failure = lock(&self.shared.failure).take();
+        failure.map_or(Ok(()), |err| Err(Error::Output(err)))
     }
 }
 
