@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use log::LevelFilter;
 
 use crate::access::{AccessRules, parse_network};
-use crate::config::{Config, DEFAULT_MAX_CONNS, DEFAULT_PORT};
+use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use crate::format::{Format, OutputOptions, Style};
 use crate::worker::WorkerSettings;
 
@@ -47,6 +47,11 @@ pub struct Args {
     /// Longest a worker waits in poll before checking its stop flag (stops wake it sooner)
     #[arg(long, default_value = "100ms", value_parser = parse_positive_duration)]
     poll_interval: Duration,
+
+    /// Connections the kernel queues before overhear accepts them (capped by net.core.somaxconn)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    backlog: u32,
 
     /// Most clients connected at once; one more is closed at once with a warning
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS,
@@ -194,6 +199,7 @@ impl Args {
         Config {
             addr: SocketAddr::new(self.host, self.port),
             duration: (!self.duration.is_zero()).then_some(self.duration),
+            backlog: self.backlog,
             max_conns: self.max_conns,
             access: AccessRules::new(self.allow, self.deny),
             progress: self.progress,
@@ -347,6 +353,7 @@ mod tests {
         .expect("valid")
         .into_config();
         assert_eq!(config.max_conns, 3);
+        assert_eq!(config.backlog, 4096);
         assert_eq!(config.worker.idle_timeout, Some(Duration::from_secs(30)));
         assert!(config.access.check("10.0.0.2".parse().expect("ip")).is_ok());
         assert!(

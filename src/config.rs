@@ -16,6 +16,9 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(120);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default longest message printed whole.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// Default listen backlog. std's `TcpListener::bind` uses 128, which a burst of clients
+/// overflows, costing each unlucky one a SYN retry of a second or more.
+pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default limit on clients connected at once.
 pub const DEFAULT_MAX_CONNS: usize = 1000;
 
@@ -26,6 +29,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Run time before stopping by itself; `None` runs until a signal.
     pub duration: Option<Duration>,
+    /// Connections the kernel queues before they are accepted.
+    pub backlog: u32,
     /// Most clients connected at once; one more is closed at once, without a worker.
     pub max_conns: usize,
     /// Which peers may connect.
@@ -41,6 +46,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
             duration: Some(DEFAULT_DURATION),
+            backlog: DEFAULT_BACKLOG,
             max_conns: DEFAULT_MAX_CONNS,
             access: AccessRules::default(),
             progress: None,

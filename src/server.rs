@@ -26,10 +26,6 @@ use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
 use crate::worker::{ClientId, Worker, WorkerHandle};
 
-/// Pending connections the kernel queues before `accept`. std's `TcpListener::bind` uses 128,
-/// which a burst of clients overflows, costing each unlucky one a SYN retry of a second or more.
-pub const LISTEN_BACKLOG: i32 = 4096;
-
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -134,7 +130,7 @@ impl Server {
             addr: config.addr,
             source,
         };
-        let listener = listen(config.addr).map_err(bind_error)?;
+        let listener = listen(config.addr, config.backlog).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Server {
             listener,
@@ -389,11 +385,12 @@ pub fn raise_fd_limit() -> Option<u64> {
 
 /// Creates the listening socket with a deep backlog and `SO_REUSEADDR` (so a restart does not
 /// wait out TIME_WAIT; Linux still refuses a port another socket listens on).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
+    // The kernel caps the backlog at net.core.somaxconn.
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

@@ -604,3 +604,29 @@ fn stdout_closed_early() {
     finished.assert_stderr_has("output closed by its reader");
     expect_eof(&mut client, TIMEOUT);
 }
+
+/// The listen queue `ss` reports for the socket listening on `port` (its Send-Q column).
+fn listen_queue(port: u16) -> u32 {
+    let output = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    // State, Recv-Q, Send-Q (the backlog for a listening socket), local, peer.
+    assert_eq!(fields.first(), Some(&"LISTEN"), "ss said {text:?}");
+    fields[2].parse().expect("a number in Send-Q")
+}
+
+#[test]
+fn listen_backlog_is_deep_by_default_and_settable() {
+    let server = Spawned::start(&[]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(4096);
+    assert_eq!(listen_queue(server.addr().port()), somaxconn.min(4096));
+    drop(server);
+    let server = Spawned::start(&["--backlog", "77"]);
+    assert_eq!(listen_queue(server.addr().port()), 77);
+}
