@@ -34,6 +34,8 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Overhear,
+    /// overhear with std's usual listen backlog, to show what the deep one buys.
+    OverhearBacklog128,
     Ncat,
     Socat,
     Python,
@@ -52,6 +54,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Overhear => "overhear",
+            Kind::OverhearBacklog128 => "overhear --backlog 128",
             Kind::Ncat => "ncat",
             Kind::Socat => "socat",
             Kind::Python => "python",
@@ -61,7 +64,10 @@ impl Kind {
 
     /// Whether it prints `[N] ` before each line (and so numbers its clients).
     fn numbers_clients(self) -> bool {
-        matches!(self, Kind::Overhear | Kind::Python)
+        matches!(
+            self,
+            Kind::Overhear | Kind::OverhearBacklog128 | Kind::Python
+        )
     }
 
     /// Whether it prints what it receives at all.
@@ -78,8 +84,11 @@ impl Kind {
                 .is_ok_and(|s| s.success())
         };
         let mut cmd = match self {
-            Kind::Overhear => {
+            Kind::Overhear | Kind::OverhearBacklog128 => {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_overhear"));
+                if self == Kind::OverhearBacklog128 {
+                    cmd.args(["--backlog", "128"]);
+                }
                 cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
                 cmd.args(["--duration", "0", "--max-conns", "100000"]);
                 cmd
@@ -647,23 +656,48 @@ fn churn(kinds: &[Kind], dir: &Path) {
 
 // ---------------------------------------------------------------- concurrent
 
-/// Connects `n` clients, spread over 127.0.0.x source addresses so 50,000 fit in the ephemeral
-/// port range.
-fn connect_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    let mut streams = Vec::with_capacity(n);
-    for i in 0..n {
-        let source = SocketAddr::from((Ipv4Addr::new(127, 0, 1 + (i / 20_000) as u8, 1), 0));
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        if socket.bind(&source.into()).is_err() {
-            break;
-        }
-        match socket.connect_timeout(&addr.into(), Duration::from_secs(5)) {
-            Ok(()) => streams.push(socket.into()),
-            Err(_) => break,
-        }
+/// Connects `n` clients from 8 threads at once, spread over 127.0.x.1 source addresses so
+/// 50,000 fit in the ephemeral port range. Returns the connections and the slowest connect: a
+/// burst that overflows the server's listen backlog costs the unlucky clients a SYN retry (1 s).
+fn connect_many(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Duration) {
+    const THREADS: usize = 8;
+    let per_thread = n.div_ceil(THREADS);
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut streams = Vec::with_capacity(per_thread);
+                let mut slowest = Duration::ZERO;
+                for i in (t * per_thread..((t + 1) * per_thread).min(n)).rev() {
+                    let source =
+                        SocketAddr::from((Ipv4Addr::new(127, 0, 1 + (i / 20_000) as u8, 1), 0));
+                    let Ok(socket) =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    else {
+                        break;
+                    };
+                    if socket.bind(&source.into()).is_err() {
+                        break;
+                    }
+                    let start = Instant::now();
+                    match socket.connect_timeout(&addr.into(), Duration::from_secs(10)) {
+                        Ok(()) => streams.push((i, socket.into())),
+                        Err(_) => break,
+                    }
+                    slowest = slowest.max(start.elapsed());
+                }
+                (streams, slowest)
+            })
+        })
+        .collect();
+    let mut all: Vec<(usize, TcpStream)> = Vec::with_capacity(n);
+    let mut slowest = Duration::ZERO;
+    for handle in threads {
+        let (streams, slow) = handle.join().expect("connect thread");
+        all.extend(streams);
+        slowest = slowest.max(slow);
     }
-    streams
+    all.sort_by_key(|(i, _)| *i);
+    (all.into_iter().map(|(_, s)| s).collect(), slowest)
 }
 
 fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
@@ -674,6 +708,7 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
             "N",
             "connected",
             "lines printed",
+            "slowest connect",
             "RSS per client",
             "exit after SIGTERM",
             "all clients EOF",
@@ -693,7 +728,7 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
             // Let the readiness probe's worker end before the baseline is read.
             thread::sleep(Duration::from_millis(300));
             let rss_before = server.rss_kib();
-            let mut streams = connect_many(server.addr, n);
+            let (mut streams, slowest) = connect_many(server.addr, n);
             let connected = streams.len();
             let mut buf = Vec::new();
             for (i, s) in streams.iter_mut().enumerate() {
@@ -729,6 +764,7 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
                 n.to_string(),
                 connected.to_string(),
                 printed,
+                format!("{:.0} ms", slowest.as_secs_f64() * 1e3),
                 format!("{per_client:.1} KiB"),
                 exit.map_or("no exit in 10 s".into(), |d| {
                     format!("{:.0} ms", d.as_secs_f64() * 1e3)
@@ -963,7 +999,14 @@ fn main() {
         match scenario {
             "throughput" => throughput(&kinds, mib, rounds, &dir),
             "churn" => churn(&kinds, &dir),
-            "concurrent" => concurrent(&kinds, &sizes, &dir),
+            "concurrent" => {
+                // Beside overhear, the same with std's usual backlog, to show what depth buys.
+                let mut with_small = kinds.clone();
+                if let Some(i) = kinds.iter().position(|k| *k == Kind::Overhear) {
+                    with_small.insert(i + 1, Kind::OverhearBacklog128);
+                }
+                concurrent(&with_small, &sizes, &dir)
+            }
             "latency" => latency(&kinds),
             _ => unreachable!("filtered to known scenarios"),
         }
