@@ -80,8 +80,7 @@ impl Workers {
 
     /// Joins and drops every worker that has ended, adding its report to `summary`.
     pub fn reap(&mut self, summary: &mut Summary) {
-        let finished: Vec<WorkerHandle> = self.live.extract_if(.., |h| h.is_finished()).collect();
-        for handle in finished {
+        for handle in self.live.extract_if(.., |h| h.is_finished()) {
             Self::join_one(handle, summary);
         }
     }

@@ -6,8 +6,9 @@
 //! returns at once from then on, however many threads wait and whenever they start waiting.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use log::{error, info};
 
@@ -50,6 +51,8 @@ struct Inner {
     /// run first; read by the listener loop. It publishes nothing else, so `Relaxed` would do;
     /// `AcqRel` keeps the first-writer-wins swap easy to reason about.
     reason: AtomicU8,
+    /// When the stop was first requested; workers bound their drain from it.
+    at: OnceLock<Instant>,
     /// How many SIGINT/SIGTERM arrived; the second one exits at once.
     signals: AtomicUsize,
     /// Polled by every thread that blocks; becomes readable when `wake` is written.
@@ -72,6 +75,7 @@ impl Shutdown {
         Ok(Shutdown {
             inner: Arc::new(Inner {
                 reason: AtomicU8::new(0),
+                at: OnceLock::new(),
                 signals: AtomicUsize::new(0),
                 wake_read,
                 wake_write,
@@ -88,6 +92,7 @@ impl Shutdown {
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            let _ = self.inner.at.set(Instant::now());
             // The pipe is non-blocking and empty, so this one byte always fits; if the write
             // failed anyway, pollers still see the flag at their next poll interval.
             if let Err(err) = rustix::io::write(&self.inner.wake_write, &[1]) {
@@ -99,6 +104,11 @@ impl Shutdown {
     /// Why the run is stopping, or `None` while it runs.
     pub fn reason(&self) -> Option<StopReason> {
         StopReason::from_code(self.inner.reason.load(Ordering::Acquire))
+    }
+
+    /// When the stop was requested, or `None` while the run goes on.
+    pub fn requested_at(&self) -> Option<Instant> {
+        self.inner.at.get().copied()
     }
 
     /// Whether a stop was requested.

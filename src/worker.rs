@@ -43,7 +43,8 @@ const DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// longer is idle and ends at once.
 const RECENTLY: Duration = Duration::from_secs(1);
 
-/// After a stop, the longest a worker keeps reading from a client that never stops sending.
+/// After a stop, the longest workers keep reading from clients that never stop sending, counted
+/// from the stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// A client's number: 1, 2, 3, … in accept order, never reused in a run.
@@ -240,7 +241,7 @@ impl Worker {
             match wake {
                 Wake::Stop => return self.drain(),
                 Wake::Timeout => {}
-                Wake::Readable => match self.read_available() {
+                Wake::Readable => match self.read_available(None) {
                     Ok((Some(end), _)) => return end,
                     Ok((None, _)) => {}
                     Err(err) => return End::Failed(err),
@@ -266,10 +267,10 @@ impl Worker {
         }
     }
 
-    /// Reads until the socket has nothing more (or the per-wake budget is spent), writing the
-    /// formatted lines of each read. Returns how the connection ended, if it did, and the bytes
-    /// read.
-    fn read_available(&mut self) -> io::Result<(Option<End>, usize)> {
+    /// Reads until the socket has nothing more, the per-wake budget is spent, or `deadline`
+    /// passes, writing the formatted lines of each read. Returns how the connection ended, if it
+    /// did, and the bytes read.
+    fn read_available(&mut self, deadline: Option<Instant>) -> io::Result<(Option<End>, usize)> {
         let mut total = 0;
         let mut end = None;
         for _ in 0..READS_PER_WAKE {
@@ -290,6 +291,9 @@ impl Worker {
                     self.heard = Instant::now();
                     self.consume(n);
                     self.hand_over();
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     // Quiet for now: give the memory back until the client sends again.
@@ -377,7 +381,9 @@ impl Worker {
     /// After a stop: reads what the client sent before it, until the socket stays quiet for
     /// [`DRAIN_GRACE`] (an idle client: not at all) or [`DRAIN_LIMIT`] has passed.
     fn drain(&mut self) -> End {
-        let limit = Instant::now() + DRAIN_LIMIT;
+        // Counted from the stop, not from this worker's wake, so all workers finish together
+        // however long some waited for the output.
+        let limit = self.shutdown.requested_at().unwrap_or_else(Instant::now) + DRAIN_LIMIT;
         // A client that was streaming may have bytes held back in its kernel, waiting for a window
         // update that Linux sends with a delayed ACK (40 ms or more later) or that crosses the
         // network. Only such a client gets a grace period on the first look; one that was idle,
@@ -396,7 +402,7 @@ impl Worker {
                 Ok(_) => {}
                 Err(err) => return End::Failed(err),
             }
-            match self.read_available() {
+            match self.read_available(Some(limit)) {
                 Ok((Some(end), _)) => return end,
                 Ok(_) => {}
                 Err(err) => return End::Failed(err),
