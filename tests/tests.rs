@@ -4,6 +4,6 @@
 
 mod common;
 mod descriptors;
+mod limits;
 mod listener;
 mod output_modes;
-mod limits;
