@@ -500,6 +500,7 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
             "spliced",
             "misattributed",
             "overhear vs this",
+            "each round MB/s",
         ],
     );
     // The first writes of a run into fresh page cache are slower on a VM; warm it up, unmeasured,
@@ -555,6 +556,11 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
                 "n/a".into()
             },
             ratio(ours, mb_s(results)),
+            results
+                .iter()
+                .map(|r| format!("{:.0}", r.mb_s))
+                .collect::<Vec<_>>()
+                .join(", "),
         ]);
     }
     table.print();
@@ -777,6 +783,48 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
             drop(server);
             let _ = std::fs::remove_file(&path);
         }
+    }
+    table.print();
+}
+
+/// The floor under any thread-per-connection shutdown on this machine: `n` threads with
+/// overhear's stack size, blocked in `poll(2)` on a pipe, woken by one write and joined. No
+/// sockets, no output: only waking, ending and joining threads.
+fn thread_floor(sizes: &[usize]) {
+    let mut table = Table::new(
+        "floor: N idle threads (128 KiB stacks) woken by one pipe write and joined",
+        &["N", "wake and join"],
+    );
+    for &n in sizes {
+        let (read, write) = rustix::pipe::pipe().expect("a pipe");
+        let read = Arc::new(read);
+        let threads: Vec<_> = (0..n)
+            .map_while(|_| {
+                let read = Arc::clone(&read);
+                thread::Builder::new()
+                    .stack_size(overhear::worker::WORKER_STACK)
+                    .spawn(move || {
+                        let mut fds = [rustix::event::PollFd::new(
+                            &*read,
+                            rustix::event::PollFlags::IN,
+                        )];
+                        let _ = rustix::event::poll(&mut fds, None);
+                    })
+                    .ok()
+            })
+            .collect();
+        // Let every thread reach its poll; the measurement starts at the wake.
+        thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        rustix::io::write(&write, &[1]).expect("wake");
+        let spawned = threads.len();
+        for handle in threads {
+            let _ = handle.join();
+        }
+        table.rows.push(vec![
+            spawned.to_string(),
+            format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3),
+        ]);
     }
     table.print();
 }
@@ -1005,7 +1053,8 @@ fn main() {
                 if let Some(i) = kinds.iter().position(|k| *k == Kind::Overhear) {
                     with_small.insert(i + 1, Kind::OverhearBacklog128);
                 }
-                concurrent(&with_small, &sizes, &dir)
+                concurrent(&with_small, &sizes, &dir);
+                thread_floor(&sizes);
             }
             "latency" => latency(&kinds),
             _ => unreachable!("filtered to known scenarios"),

@@ -115,6 +115,44 @@ fn sigterm_and_sigint_stop_gracefully() {
     }
 }
 
+#[test]
+fn second_signal_during_shutdown_exits_130_at_once() {
+    let mut server = Spawned::start(&[]);
+    let flood = server.connect_numbered(1);
+    // A client that never stops sending keeps its worker draining after the stop for its whole
+    // drain limit (2 s): the window for the second signal.
+    let stop_flood = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop_flood = std::sync::Arc::clone(&stop_flood);
+        let mut stream = flood.try_clone().expect("a second handle on the socket");
+        thread::spawn(move || {
+            let chunk = "x".repeat(8191) + "\n";
+            let deadline = Instant::now() + LONG_TIMEOUT;
+            while !stop_flood.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                if stream.write_all(chunk.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    server.wait_stdout("[1] xxx", TIMEOUT);
+    server.signal(Signal::TERM);
+    server.wait_stderr("signal received", TIMEOUT);
+    server.signal(Signal::TERM);
+    let finished = server.wait_exit(TIMEOUT);
+    stop_flood.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().expect("the flooding client");
+    assert_eq!(finished.status.code(), Some(130), "{finished}");
+    finished.assert_stderr_has("second signal received, exiting at once");
+    assert!(
+        !finished.stderr.contains("served 1 clients"),
+        "the summary means the second signal waited for the shutdown\n{finished}"
+    );
+    drop(flood);
+}
+
 const WRITERS: usize = 8;
 const LINES_PER_WRITER: usize = 20_000;
 
