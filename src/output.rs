@@ -1,7 +1,6 @@
 //! Output: the escaping that keeps client bytes from driving a terminal, and the shared, locked
 //! sink every worker writes its formatted lines to.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -129,18 +128,12 @@ struct Pending {
     writing: bool,
     /// Workers waiting for room.
     waiting: usize,
+    /// The writer's second buffer, kept between writers.
+    spare: Vec<u8>,
 }
 
 /// Batches a writer writes before it hands the role to a waiting worker.
 const WRITER_ROUNDS: usize = 8;
-
-/// The buffer of a batch the writer owns, to reuse for the next one.
-fn reusable(batch: Cow<'_, [u8]>) -> Vec<u8> {
-    match batch {
-        Cow::Owned(buffer) => buffer,
-        Cow::Borrowed(_) => Vec::new(),
-    }
-}
 
 /// Locks `mutex`, using the data even if a thread panicked while holding it: lines are appended
 /// or taken whole, so a panic cannot leave them torn.
@@ -189,32 +182,34 @@ impl Output {
             return;
         }
         pending.writing = true;
+        // The two buffers, pending and spare, live as long as the output and keep their
+        // capacity: no megabyte-sized allocation (an mmap and its page faults) per batch.
+        let mut batch = std::mem::take(&mut pending.spare);
         // Lines an earlier writer handed on go first: some may be this worker's own.
-        let first = if pending.lines.is_empty() {
-            Cow::Borrowed(lines)
-        } else {
+        let direct = pending.lines.is_empty();
+        if !direct {
             pending.lines.extend_from_slice(lines);
-            Cow::Owned(std::mem::take(&mut pending.lines))
-        };
+            std::mem::swap(&mut batch, &mut pending.lines);
+        }
         drop(pending);
         let mut sink = lock(&shared.sink);
-        let mut written = sink.write_all(&first);
-        let mut batch = reusable(first);
+        let mut written = sink.write_all(if direct { lines } else { &batch });
         for round in 1.. {
             let mut pending = lock(&shared.state);
+            batch.clear();
             // After a few batches, hand the role to a worker waiting for room, so no worker
             // writes for everyone else while its own client waits.
             let hand_on = round >= WRITER_ROUNDS && pending.waiting > 0;
             if written.is_err() || pending.lines.is_empty() || hand_on {
                 pending.writing = false;
+                pending.spare = batch;
                 if written.is_err() {
                     shared.broken.store(true, Ordering::Relaxed);
-                    pending.lines = Vec::new();
+                    pending.lines.clear();
                 }
                 shared.room.notify_all();
                 break;
             }
-            batch.clear();
             std::mem::swap(&mut batch, &mut pending.lines);
             shared.room.notify_all();
             drop(pending);
