@@ -493,6 +493,9 @@ fn ipv6_loopback() {
 /// - `-d`: nc exits as soon as the server closes, stdin open or not.
 #[test]
 fn netcat_clients_like_the_tutorial() {
+    if !crate::common::netcat_available() {
+        return;
+    }
     let mut server = Spawned::start(&[]);
     let host = server.addr().ip().to_string();
     let port = server.addr().port().to_string();

@@ -594,8 +594,9 @@ pub fn wait_threads(pid: u32, what: &str, timeout: Duration, done: impl Fn(&[Str
     }
 }
 
-/// The netcat-openbsd binary the CI installs (`nc.openbsd`, which `/usr/bin/nc` points to).
-fn netcat_path() -> &'static str {
+/// The netcat-openbsd binary the CI installs (`nc.openbsd`, which `/usr/bin/nc` points to), or
+/// `None` when there is none.
+fn netcat_path() -> Option<&'static str> {
     [
         "/usr/bin/nc.openbsd",
         "/bin/nc.openbsd",
@@ -604,9 +605,20 @@ fn netcat_path() -> &'static str {
     ]
     .into_iter()
     .find(|path| Path::new(path).exists())
-    .unwrap_or_else(|| {
-        panic!("netcat is missing: install netcat-openbsd (apt-get install netcat-openbsd)")
-    })
+}
+
+/// Whether the netcat tests can run. Without netcat they are skipped with a note, so `cargo
+/// test` works on a machine that has only Rust; in CI (`CI` set) a missing netcat fails.
+pub fn netcat_available() -> bool {
+    if netcat_path().is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "netcat is missing: install netcat-openbsd (apt-get install netcat-openbsd)"
+    );
+    eprintln!("skipped: netcat is missing; install netcat-openbsd to run this test");
+    false
 }
 
 /// A running `nc` client with its stdin piped. Dropping it kills and reaps the process.
@@ -620,7 +632,7 @@ pub struct Netcat {
 impl Netcat {
     /// Starts `nc ARGS`; panics unless it is OpenBSD netcat (whose behaviour the test relies on).
     pub fn start(args: &[&str]) -> Netcat {
-        let path = netcat_path();
+        let path = netcat_path().expect("netcat_available() was checked first");
         let help = Command::new(path)
             .arg("-h")
             .output()
