@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            // Nothing more can be said if stderr is gone, so a failed write is ignored (where
+            // eprintln! would panic).
+            let _ = writeln!(std::io::stderr(), "error: {err}");
             ExitCode::from(err.exit_status())
         }
     }
@@ -37,7 +39,7 @@ fn run(args: Args) -> Result<(), Error> {
     server.shutdown().install_signal_handler()?;
     let summary = server.run(Box::new(sink))?;
     if log::log_enabled!(log::Level::Info) && summary.clients > 0 {
-        eprint!("{}", summary.table());
+        let _ = write!(std::io::stderr(), "{}", summary.table());
     }
     Ok(())
 }
@@ -82,7 +84,11 @@ fn print_extra(extra: Extra) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: cannot write: {}", overhear::error::describe(&err));
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot write: {}",
+                overhear::error::describe(&err)
+            );
             ExitCode::from(overhear::error::EXIT_FAILURE)
         }
     }
