@@ -6,7 +6,7 @@
 //! in-process:
 //!
 //! ```no_run
-//! use std::io::Write;
+//! use overhear::output::Sink;
 //! use overhear::{Config, Server, StopReason};
 //!
 //! # fn main() -> Result<(), overhear::Error> {
@@ -21,7 +21,7 @@
 //!     std::thread::sleep(std::time::Duration::from_secs(5));
 //!     stop.request(StopReason::Requested);
 //! });
-//! let summary = server.run(Box::new(std::io::stdout()))?;
+//! let summary = server.run(Sink::Writer(Box::new(std::io::stdout())))?;
 //! eprintln!("{} clients sent {} messages", summary.clients, summary.messages);
 //! # Ok(())
 //! # }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use overhear::cli::{Args, Extra};
+use overhear::output::Sink;
 use overhear::{Error, Server};
 
 fn main() -> ExitCode {
@@ -37,7 +38,7 @@ fn run(args: Args) -> Result<(), Error> {
     };
     let server = Server::bind(args.into_config())?;
     server.shutdown().install_signal_handler()?;
-    let summary = server.run(Box::new(sink))?;
+    let summary = server.run(Sink::File(sink))?;
     if log::log_enabled!(log::Level::Info) && summary.clients > 0 {
         let _ = write!(std::io::stderr(), "{}", summary.table());
     }

@@ -1,6 +1,7 @@
 //! Output: the escaping that keeps client bytes from driving a terminal, and the shared, locked
 //! sink every worker writes its formatted lines to.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -84,6 +85,15 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Where the output goes.
+pub enum Sink {
+    /// A file, or standard output as a file. A regular file is written by every worker at
+    /// once (see [`Output`]); anything else (a pipe, a terminal) goes through the writer role.
+    File(File),
+    /// Any other writer, written through the writer role. It should be unbuffered.
+    Writer(Box<dyn Write + Send>),
+}
+
 /// Most bytes of lines waiting for the current writer before other workers wait too.
 const PENDING_LIMIT: usize = 1024 * 1024;
 
@@ -101,12 +111,21 @@ const PENDING_LIMIT: usize = 1024 * 1024;
 /// When the sink is slow, the pending buffer fills to [`PENDING_LIMIT`], workers wait for room,
 /// stop reading their sockets, and TCP pushes back on the clients: nothing is dropped, and memory
 /// stays bounded by that limit plus one buffer per sending client.
+///
+/// A regular file needs no writer role: every worker writes its own lines with one `write(2)`
+/// at a time, all at once. Linux holds the file's lock for the whole of each buffered write and
+/// moves a shared file offset atomically, so writes never interleave or overlap; a regular file
+/// only takes part of a write when it fails (disk full), which stops the run anyway. This keeps
+/// the kernel's copy into the page cache going from every worker, where one writer at a time
+/// stalled the whole pipeline whenever that thread was descheduled.
 #[derive(Clone)]
 pub struct Output {
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    /// A regular file that workers write to directly, or `None` for the writer role.
+    direct: Option<File>,
     state: Mutex<Pending>,
     /// Signalled when the writer takes the pending lines (or gives up): there is room again.
     room: Condvar,
@@ -142,12 +161,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Output {
-    /// Output to `sink`, which should be unbuffered: each batch of lines must reach it at once.
-    /// A failed write requests a stop through `shutdown` (a reader that went away is a normal
-    /// stop).
-    pub fn new(sink: Box<dyn Write + Send>, shutdown: Shutdown) -> Output {
+    /// Output to `sink`. A failed write requests a stop through `shutdown` (a reader that went
+    /// away is a normal stop).
+    pub fn new(sink: Sink, shutdown: Shutdown) -> Output {
+        let (direct, sink): (Option<File>, Box<dyn Write + Send>) = match sink {
+            Sink::File(file) if file.metadata().is_ok_and(|m| m.file_type().is_file()) => {
+                (Some(file), Box::new(io::sink()))
+            }
+            Sink::File(file) => (None, Box::new(file)),
+            Sink::Writer(writer) => (None, writer),
+        };
         Output {
             shared: Arc::new(Shared {
+                direct,
                 state: Mutex::new(Pending::default()),
                 room: Condvar::new(),
                 sink: Mutex::new(sink),
@@ -158,11 +184,19 @@ impl Output {
         }
     }
 
-    /// Writes whole lines, or leaves them to the worker that is writing; waits only while the
-    /// lines waiting are over [`PENDING_LIMIT`]. After a failed write, discards.
+    /// Writes whole lines: straight to a regular file, otherwise itself or by leaving them to the
+    /// worker that is writing, waiting only while the lines waiting are over [`PENDING_LIMIT`].
+    /// After a failed write, discards.
     pub fn write(&self, lines: &[u8]) {
         let shared = &*self.shared;
         if lines.is_empty() || shared.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(mut file) = shared.direct.as_ref() {
+            if let Err(err) = file.write_all(lines) {
+                shared.broken.store(true, Ordering::Relaxed);
+                self.fail(err);
+            }
             return;
         }
         let mut pending = lock(&shared.state);

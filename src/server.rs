@@ -9,7 +9,7 @@
 //! writes every byte it received before it ends), then report.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::format::Format;
-use crate::output::Output;
+use crate::output::{Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
@@ -154,7 +154,7 @@ impl Server {
     ///
     /// # Errors
     /// [`Error::Output`] when writing to `sink` failed (a closed pipe is a normal stop).
-    pub fn run(self, sink: Box<dyn Write + Send>) -> Result<Summary, Error> {
+    pub fn run(self, sink: Sink) -> Result<Summary, Error> {
         let Server {
             listener,
             local_addr,

@@ -528,6 +528,67 @@ fn output_file_appends() {
     assert_eq!(written, "old\n[1] new\n", "{finished}");
 }
 
+/// A regular file is written by every worker at once (no writer role): the kernel must still
+/// keep each worker's lines whole, and every line must arrive once.
+#[test]
+fn busy_clients_writing_to_a_file_keep_lines_whole() {
+    const CLIENTS: usize = 8;
+    const LINES: usize = 5_000;
+    let dir = TempDir::new("busy");
+    let path = dir.0.join("busy.log");
+    let path_text = path.to_str().expect("a UTF-8 temp path");
+    let mut server = Spawned::start(&["-o", path_text]);
+    let clients: Vec<_> = (1..=CLIENTS).map(|n| server.connect_numbered(n)).collect();
+    let writers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut stream)| {
+            std::thread::spawn(move || {
+                let text: String = (0..LINES)
+                    .map(|j| format!("c{i}-{j:05} {}\n", "=".repeat(60)))
+                    .collect();
+                send(&mut stream, text.as_bytes());
+                stream
+            })
+        })
+        .collect();
+    let streams: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer"))
+        .collect();
+    drop(streams);
+    for n in 1..=CLIENTS {
+        server.wait_stderr(
+            &format!("client {n} disconnected (closed by client)"),
+            TIMEOUT,
+        );
+    }
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    let written = fs::read_to_string(&path).expect("read the output file");
+    let mut seen = vec![vec![false; LINES]; CLIENTS];
+    let mut owner = std::collections::HashMap::new();
+    for line in written.lines() {
+        let parsed = line.split_once("] ").and_then(|(n, rest)| {
+            let (tag, pad) = rest.split_once(' ')?;
+            let (c, j) = tag.strip_prefix('c')?.split_once('-')?;
+            (pad == "=".repeat(60)).then_some(())?;
+            Some((
+                n.to_string(),
+                c.parse::<usize>().ok()?,
+                j.parse::<usize>().ok()?,
+            ))
+        });
+        let Some((n, c, j)) = parsed.filter(|&(_, c, j)| c < CLIENTS && j < LINES) else {
+            panic!("a torn or foreign line {line:?}");
+        };
+        assert_eq!(*owner.entry(n).or_insert(c), c, "attribution of {line:?}");
+        assert!(!seen[c][j], "{line:?} twice");
+        seen[c][j] = true;
+    }
+    assert!(seen.iter().flatten().all(|&s| s), "every line arrived");
+}
+
 #[test]
 fn output_file_in_a_missing_directory() {
     let output = run_to_end(&[
