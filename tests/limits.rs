@@ -1001,7 +1001,7 @@ impl QuietServer {
     fn wait_listening(&mut self) -> u16 {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(port) = listening_port(self.pid()) {
+            if let Some(port) = crate::common::listening_port(self.pid()) {
                 return port;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -1069,34 +1069,6 @@ impl Drop for QuietServer {
             eprintln!("--- overhear -q stderr ---\n{stderr}");
         }
     }
-}
-
-/// The port of the IPv4 TCP socket process `pid` listens on, if it listens yet: the socket's
-/// inode among the process's descriptors, looked up in `/proc/PID/net/tcp`.
-fn listening_port(pid: u32) -> Option<u16> {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .filter_map(|entry| {
-            let target = std::fs::read_link(entry.ok()?.path()).ok()?;
-            let target = target.to_str()?;
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
-    table.lines().skip(1).find_map(|row| {
-        let fields: Vec<&str> = row.split_whitespace().collect();
-        // local_address is fields[1] (HEXIP:HEXPORT), st is fields[3] (0A: LISTEN), inode fields[9].
-        let (&local, &state, &inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-        if state != "0A" || !inodes.contains(inode) {
-            return None;
-        }
-        u16::from_str_radix(local.split_once(':')?.1, 16).ok()
-    })
 }
 
 #[test]

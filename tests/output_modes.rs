@@ -924,7 +924,7 @@ impl Process {
         let pid = self.child.id();
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(port) = listening_port(pid) {
+            if let Some(port) = crate::common::listening_port(pid) {
                 return SocketAddr::from(([127, 0, 0, 1], port));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -1010,26 +1010,4 @@ impl Drop for Process {
             eprintln!("{}", self.report());
         }
     }
-}
-
-/// The port of a listening TCP socket among the descriptors of process `pid`, if it has one.
-fn listening_port(pid: u32) -> Option<u16> {
-    let sockets: HashSet<String> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .filter_map(|entry| {
-            let link = fs::read_link(entry.ok()?.path()).ok()?;
-            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
-            Some(inode.to_owned())
-        })
-        .collect();
-    let table = fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
-    table.lines().skip(1).find_map(|line| {
-        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-        if *state != "0A" || !sockets.contains(*inode) {
-            return None;
-        }
-        u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
-    })
 }
