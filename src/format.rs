@@ -109,7 +109,7 @@ impl ClientFormat {
                 Ok(text) => (Some(text), None),
                 Err(_) => (None, Some(base64_of(piece.bytes))),
             };
-            self.json(
+            write_json(
                 out,
                 &Event {
                     event: "message",
@@ -165,7 +165,7 @@ impl ClientFormat {
     /// Appends the `connect` event (JSON only: in text the log says it).
     pub fn connect(&self, out: &mut Vec<u8>) {
         if self.options.format == Format::Json {
-            self.json(
+            write_json(
                 out,
                 &Event {
                     event: "connect",
@@ -178,7 +178,7 @@ impl ClientFormat {
     /// Appends the `disconnect` event (JSON only).
     pub fn disconnect(&self, out: &mut Vec<u8>, totals: &ClientTotals, reason: &str) {
         if self.options.format == Format::Json {
-            self.json(
+            write_json(
                 out,
                 &Event {
                     event: "disconnect",
@@ -199,10 +199,6 @@ impl ClientFormat {
             peer: Some(self.peer),
             ..Event::default()
         }
-    }
-
-    fn json(&self, out: &mut Vec<u8>, event: &Event<'_>) {
-        write_json(out, event);
     }
 
     fn line_start(&self, out: &mut Vec<u8>) {
