@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +23,7 @@ use rustix::process::{Pid, kill_process};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::common::{
-    LONG_TIMEOUT, Signal, Spawned, TIMEOUT, assert_no_panic, bin, connect, expect_eof, send,
+    LONG_TIMEOUT, Signal, Spawned, TIMEOUT, assert_no_panic, connect, expect_eof, send,
     thread_names, wait_threads,
 };
 
@@ -935,20 +935,16 @@ struct QuietServer {
 
 impl QuietServer {
     fn start() -> QuietServer {
-        let mut child = Command::new(bin())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--duration",
-                "0",
-                "-q",
-            ])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--duration",
+            "0",
+            "-q",
+        ];
+        let mut child = crate::common::overhear(&args)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run overhear -q: {err}"));
         let stderr = Arc::new(Mutex::new(String::new()));

@@ -35,6 +35,19 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_overhear")
 }
 
+/// `overhear ARGS` with stdin null and stdout and stderr piped. The tests read info lines, so a
+/// `RUST_LOG` from the caller is removed.
+pub fn overhear(args: &[&str]) -> Command {
+    let mut command = Command::new(bin());
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking test may poison a lock; the captured text is still worth showing.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -307,13 +320,7 @@ impl Spawned {
         }
         full.extend_from_slice(args);
         let command = format!("overhear {}", full.join(" "));
-        let mut child = Command::new(bin())
-            .args(&full)
-            // The tests read info lines; a RUST_LOG from the caller must not change them.
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let mut child = overhear(&full)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run {command}: {err}"));
         let (stderr, _) = Capture::start("stderr", child.stderr.take().expect("piped stderr"));
@@ -488,12 +495,7 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// If it is still running after [`TIMEOUT`] (it is killed first).
 pub fn run_to_end(args: &[&str]) -> Output {
     let command = format!("overhear {}", args.join(" "));
-    let mut child = Command::new(bin())
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = overhear(args)
         .spawn()
         .unwrap_or_else(|err| panic!("cannot run {command}: {err}"));
     let (stdout, _) = Capture::start("stdout", child.stdout.take().expect("piped stdout"));
