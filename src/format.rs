@@ -62,6 +62,12 @@ pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// A duration rounded down to whole milliseconds, for log lines (`1s 250ms`, not nanoseconds).
+pub fn rounded(duration: Duration) -> humantime::FormattedDuration {
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(millis))
+}
+
 /// Formats one client's events.
 #[derive(Debug, Clone)]
 pub struct ClientFormat {
@@ -313,6 +319,12 @@ mod tests {
 
     fn piece(bytes: &[u8], continued: bool) -> Piece<'_> {
         Piece { bytes, continued }
+    }
+
+    #[test]
+    fn log_durations_are_whole_milliseconds() {
+        let d = Duration::new(1, 250_123_456);
+        assert_eq!(rounded(d).to_string(), "1s 250ms");
     }
 
     #[test]

@@ -26,29 +26,18 @@ pub fn wait(fds: &mut [PollFd<'_>], timeout: Duration) -> io::Result<usize> {
     }
 }
 
-/// A duration rounded down to whole milliseconds, for log lines (`1s 250ms`, not nanoseconds).
-pub fn rounded(duration: Duration) -> humantime::FormattedDuration {
-    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    humantime::format_duration(Duration::from_millis(millis))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn huge_timeouts_do_not_overflow() {
-        let (read, _write) = rustix::pipe::pipe().expect("pipe");
+    fn zero_and_saturated_timeouts_work() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
         let mut fds = [Fd::new(&read, Flags::IN)];
-        // Nothing is ready, but a zero wait returns at once; a saturated one must be accepted.
+        // Nothing is ready: a zero wait returns at once with nothing.
         assert_eq!(wait(&mut fds, Duration::ZERO).expect("poll"), 0);
-        let spec_secs = i64::try_from(Duration::MAX.as_secs()).unwrap_or(i64::MAX);
-        assert_eq!(spec_secs, i64::MAX);
-    }
-
-    #[test]
-    fn log_durations_are_whole_milliseconds() {
-        let d = Duration::new(1, 250_123_456);
-        assert_eq!(rounded(d).to_string(), "1s 250ms");
+        // A timeout of centuries is accepted (not EINVAL) and returns when the pipe is ready.
+        rustix::io::write(&write, b"x").expect("write");
+        assert_eq!(wait(&mut fds, Duration::MAX).expect("poll"), 1);
     }
 }

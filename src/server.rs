@@ -212,7 +212,7 @@ impl Server {
         workers.join_all(&mut summary);
         info!(
             "stopped {live} workers in {}",
-            poll::rounded(stopping.elapsed())
+            crate::format::rounded(stopping.elapsed())
         );
         if config.worker.output.format == Format::Json {
             let mut event = Vec::new();
@@ -429,7 +429,7 @@ fn report_progress(workers: &Workers, served: u64, deadline: Option<Instant>) {
     let left = match deadline {
         Some(d) => format!(
             "stopping in {}",
-            poll::rounded(d.saturating_duration_since(Instant::now()))
+            crate::format::rounded(d.saturating_duration_since(Instant::now()))
         ),
         None => String::from("no timed stop"),
     };

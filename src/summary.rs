@@ -109,7 +109,7 @@ impl Summary {
             cells.push([
                 row.client.to_string(),
                 row.peer.to_string(),
-                crate::poll::rounded(row.connected_for).to_string(),
+                crate::format::rounded(row.connected_for).to_string(),
                 row.messages.to_string(),
                 row.bytes.to_string(),
             ]);

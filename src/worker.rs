@@ -213,7 +213,7 @@ impl Worker {
             level,
             "{} disconnected ({end}) after {}: {} messages, {} bytes",
             self.id,
-            poll::rounded(connected_for),
+            crate::format::rounded(connected_for),
             self.messages,
             self.bytes
         );
