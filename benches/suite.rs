@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use overhear::threads::Stacks;
 use rustix::process::{Pid, Resource, Rlimit, Signal, getrlimit, kill_process, setrlimit};
 
 const LINE_LEN: usize = 100;
@@ -790,46 +792,73 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
     table.print();
 }
 
-/// The floor under any thread-per-connection shutdown on this machine: `n` threads with
-/// overhear's stack size, blocked in `poll(2)` on a pipe, woken by one write and joined. No
-/// sockets, no output: only waking, ending and joining threads.
+/// The floor under a thread-per-connection shutdown on this machine: `n` threads with
+/// overhear's stack size, blocked in `poll(2)` on a pipe, woken by one write and joined; once as
+/// `std::thread`s and once on the recycled stacks overhear's workers run on. No sockets, no
+/// output: only waking, ending and joining threads.
 fn thread_floor(sizes: &[usize]) {
     let mut table = Table::new(
         "floor: N idle threads (128 KiB stacks) woken by one pipe write and joined",
-        &["N", "wake and join"],
+        &["N", "std::thread", "recycled stacks (overhear)", "speed-up"],
     );
     for &n in sizes {
-        let (read, write) = rustix::pipe::pipe().expect("a pipe");
-        let read = Arc::new(read);
-        let threads: Vec<_> = (0..n)
-            .map_while(|_| {
-                let read = Arc::clone(&read);
-                thread::Builder::new()
-                    .stack_size(overhear::worker::WORKER_STACK)
-                    .spawn(move || {
-                        let mut fds = [rustix::event::PollFd::new(
-                            &*read,
-                            rustix::event::PollFlags::IN,
-                        )];
-                        let _ = rustix::event::poll(&mut fds, None);
-                    })
-                    .ok()
-            })
-            .collect();
-        // Let every thread reach its poll; the measurement starts at the wake.
-        thread::sleep(Duration::from_millis(300));
-        let start = Instant::now();
-        rustix::io::write(&write, &[1]).expect("wake");
+        let (threads, wake) = idle_threads(n, |body| {
+            thread::Builder::new()
+                .stack_size(overhear::worker::WORKER_STACK)
+                .spawn(body)
+                .ok()
+        });
         let spawned = threads.len();
-        for handle in threads {
+        let std_took = wake_and_join(threads, &wake, |handle| {
             let _ = handle.join();
-        }
+        });
+        let mut stacks = Stacks::new(overhear::worker::WORKER_STACK);
+        let (threads, wake) = idle_threads(n, |body| stacks.spawn("idle", body).ok());
+        let ours = wake_and_join(threads, &wake, |thread| {
+            let _ = thread.join(&mut stacks);
+        });
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
         table.rows.push(vec![
             spawned.to_string(),
-            format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3),
+            ms(std_took),
+            ms(ours),
+            ratio(std_took.as_secs_f64(), ours.as_secs_f64()),
         ]);
     }
     table.print();
+}
+
+/// Starts up to `n` threads with `spawn`, each blocked in `poll(2)` until a pipe is written;
+/// returns those that started and the pipe's write end.
+fn idle_threads<H>(
+    n: usize,
+    mut spawn: impl FnMut(Box<dyn FnOnce() + Send>) -> Option<H>,
+) -> (Vec<H>, OwnedFd) {
+    let (read, write) = rustix::pipe::pipe().expect("a pipe");
+    let read = Arc::new(read);
+    let threads = (0..n)
+        .map_while(|_| {
+            let read = Arc::clone(&read);
+            spawn(Box::new(move || {
+                let mut fds = [rustix::event::PollFd::new(
+                    &*read,
+                    rustix::event::PollFlags::IN,
+                )];
+                let _ = rustix::event::poll(&mut fds, None);
+            }))
+        })
+        .collect();
+    (threads, write)
+}
+
+/// Wakes the threads of [`idle_threads`] with one write and joins each; returns the time taken.
+fn wake_and_join<H>(threads: Vec<H>, wake: &OwnedFd, mut join: impl FnMut(H)) -> Duration {
+    // Let every thread reach its poll; the measurement starts at the wake.
+    thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    rustix::io::write(wake, &[1]).expect("wake");
+    threads.into_iter().for_each(&mut join);
+    start.elapsed()
 }
 
 /// Waits until every stream reads EOF (or a reset); returns the time since `start`.

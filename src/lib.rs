@@ -26,7 +26,7 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod access;
 pub mod cli;
@@ -39,6 +39,7 @@ mod poll;
 pub mod server;
 pub mod shutdown;
 pub mod summary;
+pub mod threads;
 pub mod worker;
 
 pub use config::Config;

@@ -24,10 +24,15 @@ use crate::output::{Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
-use crate::worker::{ClientId, Worker, WorkerHandle};
+use crate::threads::Stacks;
+use crate::worker::{ClientId, WORKER_STACK, Worker, WorkerHandle};
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Stacks of ended workers kept for the next clients (33 MiB of address space; only the pages
+/// workers touched are resident). Beyond that they are unmapped as workers are reaped.
+const SPARE_STACKS: usize = 256;
 
 /// Why a connection got no worker.
 #[derive(Debug)]
@@ -56,16 +61,32 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The live workers: inserted on accept, reaped when they end, stopped and joined at shutdown.
-#[derive(Debug, Default)]
+/// The live workers: started on accept, reaped when they end, stopped and joined at shutdown;
+/// and the stacks they run on.
+#[derive(Debug)]
 pub struct Workers {
     live: Vec<WorkerHandle>,
+    stacks: Stacks,
+}
+
+impl Default for Workers {
+    fn default() -> Workers {
+        Workers {
+            live: Vec::new(),
+            stacks: Stacks::new(WORKER_STACK),
+        }
+    }
 }
 
 impl Workers {
-    /// Keeps a newly started worker.
-    pub fn insert(&mut self, handle: WorkerHandle) {
+    /// Starts `worker` on its own thread and keeps it.
+    ///
+    /// # Errors
+    /// When no thread can be started for it.
+    pub fn start(&mut self, worker: Worker) -> io::Result<()> {
+        let handle = WorkerHandle::spawn(worker, &mut self.stacks)?;
         self.live.push(handle);
+        Ok(())
     }
 
     /// How many workers are running.
@@ -81,8 +102,9 @@ impl Workers {
     /// Joins and drops every worker that has ended, adding its report to `summary`.
     pub fn reap(&mut self, summary: &mut Summary) {
         for handle in self.live.extract_if(.., |h| h.is_finished()) {
-            Self::join_one(handle, summary);
+            Self::join_one(handle, &mut self.stacks, summary);
         }
+        self.stacks.trim(SPARE_STACKS);
     }
 
     /// Sets every worker's stop flag; they notice at once when the stop pipe is written.
@@ -90,15 +112,17 @@ impl Workers {
         self.live.iter().for_each(WorkerHandle::stop);
     }
 
-    /// Waits for every worker to end, adding each report to `summary`.
+    /// Waits for every worker to end, adding each report to `summary`. Their stacks are kept
+    /// until the end of the run: unmapping one while other threads still run would interrupt
+    /// every core to flush its TLB.
     pub fn join_all(&mut self, summary: &mut Summary) {
         for handle in self.live.drain(..) {
-            Self::join_one(handle, summary);
+            Self::join_one(handle, &mut self.stacks, summary);
         }
     }
 
-    fn join_one(handle: WorkerHandle, summary: &mut Summary) {
-        match handle.join() {
+    fn join_one(handle: WorkerHandle, stacks: &mut Stacks, summary: &mut Summary) {
+        match handle.join(stacks) {
             Ok(report) => summary.add(&report),
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");
@@ -342,9 +366,8 @@ impl Acceptor<'_> {
             self.config.worker.clone(),
             self.output.clone(),
         );
-        let handle = WorkerHandle::spawn(worker).map_err(Refusal::NoThread)?;
+        workers.start(worker).map_err(Refusal::NoThread)?;
         self.next_id += 1;
-        workers.insert(handle);
         Ok(())
     }
 
