@@ -45,7 +45,7 @@ pub struct Args {
     duration: Duration,
 
     /// Longest a worker waits in poll before checking its stop flag (stops wake it sooner)
-    #[arg(long, default_value = "100ms", value_parser = parse_positive_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     poll_interval: Duration,
 
     /// Connections the kernel queues before overhear accepts them (capped by net.core.somaxconn)
@@ -292,7 +292,7 @@ mod tests {
         let config = parse(&[]).expect("no arguments").into_config();
         assert_eq!(config.addr, "127.0.0.1:7878".parse().expect("literal"));
         assert_eq!(config.duration, Some(Duration::from_secs(120)));
-        assert_eq!(config.worker.poll_interval, Duration::from_millis(100));
+        assert_eq!(config.worker.poll_interval, Duration::from_secs(5));
         assert_eq!(config.worker.output.style, Style::Escaped);
         assert_eq!(config.worker.output.format, Format::Text);
         assert!(!config.worker.echo);
