@@ -25,7 +25,7 @@ use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
 use crate::threads::Stacks;
-use crate::worker::{ClientId, WORKER_STACK, Worker, WorkerHandle};
+use crate::worker::{ClientId, ClientReport, End, WORKER_STACK, Worker, WorkerHandle};
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -102,7 +102,7 @@ impl Workers {
     /// Joins and drops every worker that has ended, adding its report to `summary`.
     pub fn reap(&mut self, summary: &mut Summary) {
         for handle in self.live.extract_if(.., |h| h.is_finished()) {
-            Self::join_one(handle, &mut self.stacks, summary);
+            let _ = Self::join_one(handle, &mut self.stacks, summary);
         }
         self.stacks.trim(SPARE_STACKS);
     }
@@ -112,21 +112,34 @@ impl Workers {
         self.live.iter().for_each(WorkerHandle::stop);
     }
 
-    /// Waits for every worker to end, adding each report to `summary`. Their stacks are kept
+    /// Waits for every worker to end, adding each report to `summary` and logging the clients
+    /// the stop disconnected (their workers leave that to the listener). The stacks are kept
     /// until the end of the run: unmapping one while other threads still run would interrupt
     /// every core to flush its TLB.
     pub fn join_all(&mut self, summary: &mut Summary) {
         for handle in self.live.drain(..) {
-            Self::join_one(handle, &mut self.stacks, summary);
+            if let Some(report) = Self::join_one(handle, &mut self.stacks, summary) {
+                if matches!(report.end, End::Stopped) {
+                    report.log();
+                }
+            }
         }
     }
 
-    fn join_one(handle: WorkerHandle, stacks: &mut Stacks, summary: &mut Summary) {
+    fn join_one(
+        handle: WorkerHandle,
+        stacks: &mut Stacks,
+        summary: &mut Summary,
+    ) -> Option<ClientReport> {
         match handle.join(stacks) {
-            Ok(report) => summary.add(&report),
+            Ok(report) => {
+                summary.add(&report);
+                Some(report)
+            }
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");
                 summary.panicked += 1;
+                None
             }
         }
     }
@@ -200,10 +213,12 @@ impl Server {
         };
         let mut next_progress = config.progress.map(|every| Instant::now() + every);
         loop {
-            workers.reap(&mut summary);
+            // Checked before reaping: at a stop every worker is joined below anyway, and a reap
+            // would unmap spare stacks while the other workers still run.
             if shutdown.is_requested() {
                 break;
             }
+            workers.reap(&mut summary);
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 info!("time is up, stopping");
