@@ -116,6 +116,37 @@ fn sigterm_and_sigint_stop_gracefully() {
 }
 
 #[test]
+fn a_stop_logs_each_disconnected_client_once_in_client_order() {
+    const CLIENTS: usize = 12;
+    let mut server = Spawned::start(&["--poll-interval", "1h"]);
+    let mut clients: Vec<TcpStream> = (1..=CLIENTS).map(|n| server.connect_numbered(n)).collect();
+    // The last client leaves by itself first: its worker logs that line, not the listener.
+    drop(clients.pop());
+    server.wait_stderr(
+        &format!("client {CLIENTS} disconnected (closed by client)"),
+        TIMEOUT,
+    );
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    let stopped: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|line| line.contains(" disconnected ("))
+        .map(|line| {
+            let at = line.find("client ").expect("the client's number");
+            &line[at..line.find(" after ").unwrap_or(line.len())]
+        })
+        .collect();
+    let mut expected: Vec<String> =
+        vec![format!("client {CLIENTS} disconnected (closed by client)")];
+    expected.extend((1..CLIENTS).map(|n| format!("client {n} disconnected (server stopping)")));
+    assert_eq!(stopped, expected, "\n{finished}");
+    for client in &mut clients {
+        expect_eof(client, TIMEOUT);
+    }
+}
+
+#[test]
 fn second_signal_during_shutdown_exits_130_at_once() {
     let mut server = Spawned::start(&[]);
     let flood = server.connect_numbered(1);
