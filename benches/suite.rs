@@ -189,6 +189,17 @@ impl Running {
             .sum()
     }
 
+    /// CPU time (user and system) the server and its descendants have used, in seconds;
+    /// children that already ended count once the server has reaped them.
+    fn cpu_seconds(&self) -> f64 {
+        let ticks: u64 = tree_pids(self.child.id())
+            .into_iter()
+            .enumerate()
+            .map(|(i, pid)| stat_ticks(pid, i == 0).unwrap_or(0))
+            .sum();
+        ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+    }
+
     fn output_len(&self) -> u64 {
         self.output
             .as_ref()
@@ -263,6 +274,27 @@ fn tree_pids(root: u32) -> Vec<u32> {
         i += 1;
     }
     all
+}
+
+/// Clock ticks `pid` has run (all its threads), plus those of its reaped children if asked.
+fn stat_ticks(pid: u32, with_reaped_children: bool) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state, ppid, …; utime is the 14th field of the line.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let own = fields.first()? + fields.get(1)?;
+    let reaped = fields.get(2)? + fields.get(3)?;
+    Some(if with_reaped_children {
+        own + reaped
+    } else {
+        own
+    })
 }
 
 fn status_field(pid: u32, field: &str) -> Option<u64> {
@@ -582,6 +614,7 @@ fn churn(kinds: &[Kind], dir: &Path) {
             "server",
             "connections/s",
             "lines printed",
+            "server CPU per connection",
             "overhear vs this",
         ],
     );
@@ -601,6 +634,7 @@ fn churn(kinds: &[Kind], dir: &Path) {
         } else {
             raw
         };
+        let cpu_before = server.cpu_seconds();
         let start = Instant::now();
         let workers: Vec<_> = (0..CHURN_THREADS)
             .map(|t| {
@@ -627,6 +661,9 @@ fn churn(kinds: &[Kind], dir: &Path) {
         let complete = !kind.prints() || server.wait_output(expected, Duration::from_secs(60));
         let elapsed = start.elapsed().as_secs_f64();
         let rate = CHURN_CYCLES as f64 / elapsed;
+        // A discard sink's threads may still be ending: let them, so their time counts too.
+        thread::sleep(Duration::from_millis(500));
+        let cpu = (server.cpu_seconds() - cpu_before) / CHURN_CYCLES as f64;
         let printed = if kind.prints() {
             let v = verify_lines(&path, kind, CHURN_THREADS, per_thread);
             let ok = CHURN_CYCLES as u64 - v.lost;
@@ -643,9 +680,12 @@ fn churn(kinds: &[Kind], dir: &Path) {
             String::from("n/a")
         };
         results.push((kind, rate));
-        table
-            .rows
-            .push(vec![kind.name().into(), format!("{rate:.0}"), printed]);
+        table.rows.push(vec![
+            kind.name().into(),
+            format!("{rate:.0}"),
+            printed,
+            format!("{:.0} µs", cpu * 1e6),
+        ]);
         drop(server);
         let _ = std::fs::remove_file(&path);
     }
@@ -658,7 +698,7 @@ fn churn(kinds: &[Kind], dir: &Path) {
             .iter()
             .find(|(k, _)| k.name() == row[0])
             .map_or(0.0, |r| r.1);
-        if row.len() > 2 {
+        if row.len() > 3 {
             row.push(ratio(ours, theirs));
         }
     }
