@@ -25,7 +25,7 @@ use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
 use crate::threads::Stacks;
-use crate::worker::{ClientId, ClientReport, End, WORKER_STACK, Worker, WorkerHandle};
+use crate::worker::{ClientId, ClientReport, End, LargeReads, WORKER_STACK, Worker, WorkerHandle};
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -210,6 +210,7 @@ impl Server {
             output: &output,
             next_id: 1,
             starved: false,
+            large_reads: LargeReads::default(),
         };
         let mut next_progress = config.progress.map(|every| Instant::now() + every);
         loop {
@@ -277,6 +278,8 @@ struct Acceptor<'a> {
     next_id: u64,
     /// Whether the last accept failed (out of descriptors): later failures are not logged again.
     starved: bool,
+    /// The large read buffers the workers share.
+    large_reads: LargeReads,
 }
 
 impl Acceptor<'_> {
@@ -380,6 +383,7 @@ impl Acceptor<'_> {
             self.shutdown.clone(),
             self.config.worker.clone(),
             self.output.clone(),
+            self.large_reads.clone(),
         );
         workers.start(worker).map_err(Refusal::NoThread)?;
         self.next_id += 1;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{Level, debug, info, log, warn};
@@ -23,9 +23,19 @@ use crate::poll::{self, Fd, Flags};
 use crate::shutdown::Shutdown;
 use crate::threads::{Stacks, Thread};
 
-/// Bytes asked for per `read(2)`. The buffer exists only while a client is sending: an idle
-/// client holds none.
+/// Bytes asked for per `read(2)` when a client starts sending. The buffer exists only while a
+/// client is sending: an idle client holds none.
 pub const READ_CHUNK: usize = 32 * 1024;
+
+/// The read buffer of a client that keeps filling it doubles up to this size: fewer, larger
+/// reads and writes (8 streaming clients to a file: 1,358 MB/s with 32 KiB reads, 1,745 with
+/// 256 KiB), while a client that sends a line now and then costs only the small buffer.
+pub const READ_CHUNK_MAX: usize = 256 * 1024;
+
+/// How many clients at once may read in pieces larger than [`READ_CHUNK`]: a crowd of senders
+/// costs at most this many large buffers (about 9 MiB with their formatted lines), the others
+/// read in small pieces.
+pub const LARGE_READERS: usize = 16;
 
 /// Stack of each worker thread. The read buffer and formatted lines live on the heap, so the
 /// stack only carries the read loop and the logger (36 KiB at most, seen with `-vv`, JSON, hex,
@@ -160,6 +170,41 @@ pub struct Worker {
     heard: Instant,
     /// Bytes received since the client last paused for longer than [`RECENTLY`].
     burst: usize,
+    /// The shared allowance of large read buffers, and this worker's share of it while its
+    /// buffer is larger than [`READ_CHUNK`].
+    large_reads: LargeReads,
+    large: Option<LargeRead>,
+}
+
+/// The allowance of large read buffers shared by all workers: [`LARGE_READERS`] at once.
+#[derive(Debug, Clone, Default)]
+pub struct LargeReads(Arc<AtomicUsize>);
+
+impl LargeReads {
+    /// One large buffer's share, if fewer than [`LARGE_READERS`] are taken.
+    fn take(&self) -> Option<LargeRead> {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |taken| {
+                (taken < LARGE_READERS).then_some(taken + 1)
+            })
+            .ok()
+            .map(|_| LargeRead(Arc::clone(&self.0)))
+    }
+
+    /// How many shares are taken now.
+    pub fn taken(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One worker's share of [`LargeReads`], given back when dropped.
+#[derive(Debug)]
+struct LargeRead(Arc<AtomicUsize>);
+
+impl Drop for LargeRead {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a worker's poll saw.
@@ -178,6 +223,7 @@ impl Worker {
         shutdown: Shutdown,
         settings: WorkerSettings,
         output: Output,
+        large_reads: LargeReads,
     ) -> Worker {
         Worker {
             id,
@@ -195,6 +241,8 @@ impl Worker {
             bytes: 0,
             heard: Instant::now(),
             burst: 0,
+            large_reads,
+            large: None,
         }
     }
 
@@ -305,6 +353,15 @@ impl Worker {
                     self.heard = Instant::now();
                     self.consume(n);
                     self.hand_over();
+                    if n == self.buf.len() && n < READ_CHUNK_MAX {
+                        // More is waiting, most likely: read it in larger pieces, if allowed.
+                        if self.large.is_none() {
+                            self.large = self.large_reads.take();
+                        }
+                        if self.large.is_some() {
+                            self.buf = vec![0; (2 * n).min(READ_CHUNK_MAX)];
+                        }
+                    }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
@@ -314,6 +371,7 @@ impl Worker {
                     self.hand_over();
                     self.buf = Vec::new();
                     self.lines = Vec::new();
+                    self.large = None;
                     self.framer.shrink();
                     break;
                 }
@@ -341,9 +399,8 @@ impl Worker {
             settings,
             ..
         } = self;
-        if lines.capacity() == 0 {
-            lines.reserve(READ_CHUNK + READ_CHUNK / 4);
-        }
+        // Room for the data and its prefixes, in one allocation for most reads.
+        lines.reserve(n + n / 4);
         format.stamp();
         let data = &buf[..n];
         if settings.output.format == Format::Hex {
@@ -503,6 +560,19 @@ impl WorkerHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_reads_are_shared_out_up_to_the_limit_and_given_back() {
+        let reads = LargeReads::default();
+        let shares: Vec<LargeRead> = (0..LARGE_READERS)
+            .map(|_| reads.take().expect("under the limit"))
+            .collect();
+        assert!(reads.take().is_none(), "one more than the limit");
+        assert_eq!(reads.taken(), LARGE_READERS);
+        drop(shares);
+        assert_eq!(reads.taken(), 0);
+        assert!(reads.take().is_some());
+    }
 
     #[test]
     fn client_ids_read_naturally() {
