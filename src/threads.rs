@@ -3,9 +3,11 @@
 //!
 //! Why not `std::thread`: each of its threads maps and unmaps a signal stack, and glibc unmaps or
 //! `madvise`s the thread's own stack when it ends (its cache holds 40 MiB, about 300 worker
-//! stacks). Each of those calls makes the kernel flush the TLB of every core running the
-//! process, and at a stop thousands of threads end at once: on a 2-core VM, joining 1,000 idle
-//! `std` threads took 55–65 ms, and on these stacks 8–9 ms (10,000: 550 ms against 115 ms).
+//! stacks). Those calls take the process's memory-map lock and, where pages were touched, make
+//! the kernel interrupt the other cores running the process to flush their TLBs; at a stop
+//! thousands of threads end at once: on a 2-core VM, waking and joining
+//! 1,000 idle `std` threads took 58–64 ms, and on these stacks 11–15 ms (10,000: 551–607 ms
+//! against 123–148 ms; the benchmark suite's floor table).
 //! Here a thread's stack is mapped once, reused by later threads, and unmapped only when
 //! [`Stacks`] trims its spares or is dropped, after every thread on them was joined.
 //!
