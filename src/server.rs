@@ -55,6 +55,11 @@ impl fmt::Display for Refusal {
                 f,
                 "the limit of {limit} connected clients is reached (--max-conns)"
             ),
+            // pthread_create says EAGAIN for every limit on threads.
+            Refusal::NoThread(err) if err.kind() == io::ErrorKind::WouldBlock => f.write_str(
+                "cannot start a thread: a limit on threads is reached \
+                 (ulimit -u, kernel.threads-max or kernel.pid_max)",
+            ),
             Refusal::NoThread(err) => write!(f, "cannot start a thread: {}", describe(err)),
             Refusal::Socket(err) => write!(f, "cannot set up its socket: {}", describe(err)),
         }

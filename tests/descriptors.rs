@@ -1,8 +1,9 @@
-//! Running out of file descriptors: the server, started with a hard limit of a few descriptors,
-//! logs the failed accept once, backs off instead of spinning, and serves the waiting clients
-//! once descriptors are free again.
+//! Running out of what the system lends: the server, started with a hard limit of a few file
+//! descriptors, logs the failed accept once, backs off instead of spinning, and serves the
+//! waiting clients once descriptors are free again; started with a limit of a few threads, it
+//! refuses the clients it cannot start a worker for and goes on serving the others.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{TIMEOUT, bin, connect, send};
 
-/// The server under `ulimit -n LIMIT`, with its stderr lines arriving on a channel.
+/// The server under a resource limit, with its stderr lines arriving on a channel.
 struct Limited {
     child: Child,
     lines: Receiver<String>,
@@ -19,11 +20,11 @@ struct Limited {
 }
 
 impl Limited {
-    fn start(limit: u32) -> Limited {
-        // `ulimit -n` sets the hard limit too, so overhear cannot raise its soft limit past it.
-        let script = format!(
-            "ulimit -n {limit} && exec \"$0\" --host 127.0.0.1 --port 0 --duration 0 --poll-interval 50ms"
-        );
+    /// Starts overhear through `sh -c "{setup} overhear ..."`: `setup` sets the limit and ends
+    /// in the `exec` (or the command that execs) that runs overhear.
+    fn start(setup: &str) -> Limited {
+        let script =
+            format!("{setup} \"$0\" --host 127.0.0.1 --port 0 --duration 0 --poll-interval 50ms");
         let mut child = Command::new("sh")
             .args(["-c", &script, bin()])
             .env_remove("RUST_LOG")
@@ -47,6 +48,15 @@ impl Limited {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// Waits for the `listening on ADDR` line and returns the address.
+    fn addr(&mut self) -> SocketAddr {
+        let line = self.wait("listening on ");
+        line.split_once("listening on ")
+            .and_then(|(_, rest)| rest.split_once(';'))
+            .and_then(|(addr, _)| addr.parse().ok())
+            .expect("an address in the listening line")
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -105,13 +115,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn running_out_of_descriptors_backs_off_and_recovers() {
-    let mut server = Limited::start(16);
-    let line = server.wait("listening on ");
-    let addr: SocketAddr = line
-        .split_once("listening on ")
-        .and_then(|(_, rest)| rest.split_once(';'))
-        .and_then(|(addr, _)| addr.parse().ok())
-        .expect("an address in the listening line");
+    // `ulimit -n` sets the hard limit too, so overhear cannot raise its soft limit past it.
+    let mut server = Limited::start("ulimit -n 16 && exec");
+    let addr = server.addr();
     // Connect one client at a time until overhear runs out of descriptors. Log lines name each
     // client by its address, which is how this test tells its clients apart.
     const OUT_OF_FDS: &str = "cannot accept a client: too many open files";
@@ -162,4 +168,50 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
         .shutdown(std::net::Shutdown::Write)
         .expect("half-close");
     server.wait("1 messages, 11 bytes");
+}
+
+#[test]
+fn running_out_of_threads_refuses_only_the_clients_without_one() {
+    // The thread limit (RLIMIT_NPROC) does not bind root, so overhear runs as `nobody`, with 5
+    // threads in all: its main thread, the signal thread, and room for 3 workers.
+    let mut server =
+        Limited::start("exec prlimit --nproc=5 setpriv --reuid=65534 --regid=65534 --clear-groups");
+    let addr = server.addr();
+    const NO_THREAD: &str = "cannot start a thread: a limit on threads is reached";
+    let connected = |client: &TcpStream| {
+        let local = client.local_addr().expect("client address");
+        format!("connected from {local}")
+    };
+    let mut served: Vec<TcpStream> = Vec::new();
+    let mut refused = loop {
+        assert!(served.len() < 16, "a limit of 5 threads never ran out");
+        let client = connect(addr);
+        let line = server.wait_any(&[&connected(&client), NO_THREAD]);
+        if line.contains(NO_THREAD) {
+            let local = client.local_addr().expect("client address");
+            assert!(line.contains(&format!("refused {local}: ")), "{line}");
+            break client;
+        }
+        served.push(client);
+    };
+    assert!(!served.is_empty(), "no worker started at all");
+    // The refused client's connection is closed, not left hanging.
+    refused
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    match refused.read(&mut byte) {
+        Ok(0) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the refused client was not closed: {other:?}"),
+    }
+    // The clients that have a worker are still served.
+    send(&mut served[0], b"still served\n");
+    served[0]
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    server.wait("1 messages, 13 bytes");
+    // Its thread has ended, so the next client gets one.
+    let late = connect(addr);
+    server.wait_any(&[&connected(&late)]);
 }
