@@ -25,7 +25,7 @@ use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
 use crate::threads::Stacks;
-use crate::worker::{ClientId, ClientReport, End, LargeReads, WORKER_STACK, Worker, WorkerHandle};
+use crate::worker::{ClientId, End, LargeReads, WORKER_STACK, Worker, WorkerHandle};
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -107,7 +107,7 @@ impl Workers {
     /// Joins and drops every worker that has ended, adding its report to `summary`.
     pub fn reap(&mut self, summary: &mut Summary) {
         for handle in self.live.extract_if(.., |h| h.is_finished()) {
-            let _ = Self::join_one(handle, &mut self.stacks, summary);
+            Self::join_one(handle, &mut self.stacks, summary);
         }
         self.stacks.trim(SPARE_STACKS);
     }
@@ -117,34 +117,28 @@ impl Workers {
         self.live.iter().for_each(WorkerHandle::stop);
     }
 
-    /// Waits for every worker to end, adding each report to `summary` and logging the clients
-    /// the stop disconnected (their workers leave that to the listener). The stacks are kept
+    /// Waits for every worker to end, adding each report to `summary`. The stacks are kept
     /// until the end of the run: unmapping one while other threads still run would interrupt
     /// every core to flush its TLB.
     pub fn join_all(&mut self, summary: &mut Summary) {
         for handle in self.live.drain(..) {
-            if let Some(report) = Self::join_one(handle, &mut self.stacks, summary) {
-                if matches!(report.end, End::Stopped) {
-                    report.log();
-                }
-            }
+            Self::join_one(handle, &mut self.stacks, summary);
         }
     }
 
-    fn join_one(
-        handle: WorkerHandle,
-        stacks: &mut Stacks,
-        summary: &mut Summary,
-    ) -> Option<ClientReport> {
+    /// Joins one worker and adds its report to `summary`. A client the stop disconnected is
+    /// logged here: its worker leaves that to whoever joins it.
+    fn join_one(handle: WorkerHandle, stacks: &mut Stacks, summary: &mut Summary) {
         match handle.join(stacks) {
             Ok(report) => {
+                if matches!(report.end, End::Stopped) {
+                    report.log();
+                }
                 summary.add(&report);
-                Some(report)
             }
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");
                 summary.panicked += 1;
-                None
             }
         }
     }

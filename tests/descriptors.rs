@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{TIMEOUT, bin, connect, send};
+use crate::common::{TIMEOUT, bin, connect, send, wait_threads};
 
 /// The server under a resource limit, with its stderr lines arriving on a channel.
 struct Limited {
@@ -211,7 +211,10 @@ fn running_out_of_threads_refuses_only_the_clients_without_one() {
         .shutdown(std::net::Shutdown::Write)
         .expect("half-close");
     server.wait("1 messages, 13 bytes");
-    // Its thread has ended, so the next client gets one.
+    // Once its thread has ended (it logs that line just before), the next client gets one.
+    wait_threads(server.child.id(), "client-1 to end", TIMEOUT, |names| {
+        !names.iter().any(|name| name == "client-1")
+    });
     let late = connect(addr);
     server.wait_any(&[&connected(&late)]);
 }
