@@ -55,10 +55,14 @@ impl fmt::Display for Refusal {
                 f,
                 "the limit of {limit} connected clients is reached (--max-conns)"
             ),
-            // pthread_create says EAGAIN for every limit on threads.
+            // pthread_create says EAGAIN for every limit on threads, and mapping a stack
+            // ENOMEM when the process has as many mappings as it may.
             Refusal::NoThread(err) if err.kind() == io::ErrorKind::WouldBlock => f.write_str(
                 "cannot start a thread: a limit on threads is reached \
-                 (ulimit -u, kernel.threads-max or kernel.pid_max)",
+                 (ulimit -u, the cgroup's pids.max, kernel.threads-max or kernel.pid_max)",
+            ),
+            Refusal::NoThread(err) if err.kind() == io::ErrorKind::OutOfMemory => f.write_str(
+                "cannot start a thread: out of memory or of mappings (vm.max_map_count)",
             ),
             Refusal::NoThread(err) => write!(f, "cannot start a thread: {}", describe(err)),
             Refusal::Socket(err) => write!(f, "cannot set up its socket: {}", describe(err)),

@@ -12,8 +12,9 @@
 //! [`Stacks`] trims its spares or is dropped, after every thread on them was joined.
 //!
 //! The threads are plain POSIX threads: the standard library works on them as on its own
-//! (thread-locals, panics, `thread::current`), and a panic in the body comes back from
-//! [`Thread::join`] as `Err`, as with `std`. Each stack has a guard page below it: an overflow
+//! (thread-locals, panics, `thread::current`), except that it does not know their names (a
+//! panic message says `thread '<unnamed>'`; `ps` and debuggers show the name). A panic in the
+//! body comes back from [`Thread::join`] as `Err`, as with `std`. Each stack has a guard page below it: an overflow
 //! ends the process with SIGSEGV instead of corrupting memory (the standard library's overflow
 //! message needs a signal stack per thread, the cost this module avoids).
 #![allow(unsafe_code)]
@@ -21,12 +22,11 @@
 use std::any::Any;
 use std::ffi::{CString, c_void};
 use std::io;
-use std::marker::PhantomData;
-use std::mem::{ManuallyDrop, MaybeUninit};
+use std::mem::MaybeUninit;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 
@@ -44,11 +44,12 @@ pub struct Stacks {
 }
 
 impl Stacks {
-    /// A pool of stacks with `size` usable bytes each (rounded up to whole pages).
+    /// A pool of stacks with `size` usable bytes each (at least `PTHREAD_STACK_MIN`, rounded up
+    /// to whole pages).
     pub fn new(size: usize) -> Stacks {
         let page = rustix::param::page_size();
         Stacks {
-            size: size.div_ceil(page) * page,
+            size: size.max(libc::PTHREAD_STACK_MIN).div_ceil(page) * page,
             spare: Vec::new(),
         }
     }
@@ -79,18 +80,20 @@ impl Stacks {
             Some(stack) => stack,
             None => Stack::map(self.size)?,
         };
-        let finished = Arc::new(AtomicBool::new(false));
+        let packet = Arc::new(Packet {
+            outcome: Mutex::new(None),
+            finished: AtomicBool::new(false),
+        });
         let start = Box::into_raw(Box::new(Start {
             name: thread_name(name),
             body,
-            finished: Arc::clone(&finished),
+            packet: Arc::clone(&packet),
         }));
         match create(&stack, run::<F, T>, start.cast()) {
             Ok(id) => Ok(Thread {
                 id,
-                stack: ManuallyDrop::new(stack),
-                finished,
-                result: PhantomData,
+                stack: Some(stack),
+                packet,
             }),
             Err(err) => {
                 // SAFETY: no thread was created, so `start` is still only ours.
@@ -109,57 +112,67 @@ impl Stacks {
 #[derive(Debug)]
 pub struct Thread<T> {
     id: libc::pthread_t,
-    stack: ManuallyDrop<Stack>,
-    /// Set by the thread when its body has returned or panicked.
-    finished: Arc<AtomicBool>,
-    result: PhantomData<fn() -> T>,
+    /// `None` once joined.
+    stack: Option<Stack>,
+    packet: Arc<Packet<T>>,
+}
+
+/// Where a thread leaves the outcome of its body for [`Thread::join`].
+#[derive(Debug)]
+struct Packet<T> {
+    outcome: Mutex<Option<Outcome<T>>>,
+    /// Set once the outcome is in.
+    finished: AtomicBool,
 }
 
 impl<T> Thread<T> {
-    /// Whether the body has returned (or panicked): then `join` does not wait for it.
+    /// Whether the body has returned (or panicked): then `join` waits at most for the thread's
+    /// own teardown (its thread-local destructors and exit).
     pub fn is_finished(&self) -> bool {
-        self.finished.load(Ordering::Acquire)
+        self.packet.finished.load(Ordering::Acquire)
     }
 
     /// Waits for the thread to end, gives its stack back to `stacks`, and returns what the body
     /// returned, or `Err` with the panic's payload.
-    pub fn join(self, stacks: &mut Stacks) -> Outcome<T> {
-        let mut this = ManuallyDrop::new(self);
-        let mut value: *mut c_void = ptr::null_mut();
-        // SAFETY: `id` is a thread this handle alone owns; it was neither joined nor detached,
-        // since both consume the handle.
-        let status = unsafe { libc::pthread_join(this.id, &mut value) };
+    pub fn join(mut self, stacks: &mut Stacks) -> Outcome<T> {
+        // SAFETY: `id` is a thread this handle alone owns, neither joined nor detached yet: both
+        // happen once, here or in `drop`.
+        let status = unsafe { libc::pthread_join(self.id, ptr::null_mut()) };
         assert_eq!(status, 0, "joining a thread this handle owns cannot fail");
-        // SAFETY: the thread has ended, so nothing runs on the stack any more; `this` is not
-        // dropped, so the stack is taken once.
-        stacks
-            .spare
-            .push(unsafe { ManuallyDrop::take(&mut this.stack) });
-        // SAFETY: `this` is forgotten, so `finished` is dropped once.
-        drop(unsafe { ptr::read(&this.finished) });
-        // SAFETY: `run::<F, T>` ended the thread returning a leaked `Box<Outcome<T>>`.
-        *unsafe { Box::from_raw(value.cast::<Outcome<T>>()) }
+        // The thread has ended: nothing runs on its stack any more.
+        stacks.spare.extend(self.stack.take());
+        lock(&self.packet.outcome)
+            .take()
+            .expect("a thread leaves its outcome before it ends")
     }
 }
 
 impl<T> Drop for Thread<T> {
     fn drop(&mut self) {
-        // SAFETY: the thread was not joined (that consumes the handle) and is detached once.
-        // Its stack stays mapped (`ManuallyDrop`): the thread may still run on it.
-        unsafe { libc::pthread_detach(self.id) };
+        if let Some(stack) = self.stack.take() {
+            // Not joined: the thread may still run on its stack, which stays mapped for good.
+            std::mem::forget(stack);
+            // SAFETY: the thread was neither joined (that takes the stack) nor detached.
+            unsafe { libc::pthread_detach(self.id) };
+        }
     }
 }
 
-/// What a new thread starts with: its name, its body and the flag it sets when the body is
-/// done.
-struct Start<F> {
+/// Locks `mutex`, using the data even if a thread panicked while holding it: the outcome is
+/// put in or taken out whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a new thread starts with: its name, its body, and where to leave the outcome.
+struct Start<F, T> {
     name: Option<CString>,
     body: F,
-    finished: Arc<AtomicBool>,
+    packet: Arc<Packet<T>>,
 }
 
 /// The new thread's entry point: runs the body, catching a panic so it does not unwind into C,
-/// and ends returning the outcome boxed, for [`Thread::join`].
+/// and leaves the outcome in the packet for [`Thread::join`].
 extern "C" fn run<F, T>(start: *mut c_void) -> *mut c_void
 where
     F: FnOnce() -> T + Send + 'static,
@@ -167,11 +180,7 @@ where
 {
     // SAFETY: `spawn` leaked this box for this thread alone and gave up its ownership when the
     // thread was created.
-    let Start {
-        name,
-        body,
-        finished,
-    } = *unsafe { Box::from_raw(start.cast::<Start<F>>()) };
+    let Start { name, body, packet } = *unsafe { Box::from_raw(start.cast::<Start<F, T>>()) };
     // Named from inside: for itself glibc uses prctl, while naming another thread writes
     // /proc/self/task/TID/comm, whose dentries then slow down every thread's exit.
     if let Some(name) = name {
@@ -179,9 +188,10 @@ where
         unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
     }
     let outcome: Outcome<T> = panic::catch_unwind(AssertUnwindSafe(body));
-    // Release: a joiner that sees the flag also sees everything the body did.
-    finished.store(true, Ordering::Release);
-    Box::into_raw(Box::new(outcome)).cast()
+    *lock(&packet.outcome) = Some(outcome);
+    // Release: a handle that sees the flag also sees everything the body did.
+    packet.finished.store(true, Ordering::Release);
+    ptr::null_mut()
 }
 
 /// Creates a joinable thread on `stack` running `entry(arg)`.

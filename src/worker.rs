@@ -33,8 +33,8 @@ pub const READ_CHUNK: usize = 32 * 1024;
 pub const READ_CHUNK_MAX: usize = 256 * 1024;
 
 /// How many clients at once may read in pieces larger than [`READ_CHUNK`]: a crowd of senders
-/// costs at most this many large buffers (about 9 MiB with their formatted lines), the others
-/// read in small pieces.
+/// costs at most this many large buffers (about 9 MiB with their formatted lines for text;
+/// escaped bytes and hex take up to four times as much), the others read in small pieces.
 pub const LARGE_READERS: usize = 16;
 
 /// Stack of each worker thread. The read buffer and formatted lines live on the heap, so the

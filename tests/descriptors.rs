@@ -172,10 +172,12 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
 
 #[test]
 fn running_out_of_threads_refuses_only_the_clients_without_one() {
-    // The thread limit (RLIMIT_NPROC) does not bind root, so overhear runs as `nobody`, with 5
-    // threads in all: its main thread, the signal thread, and room for 3 workers.
-    let mut server =
-        Limited::start("exec prlimit --nproc=5 setpriv --reuid=65534 --regid=65534 --clear-groups");
+    // The thread limit (RLIMIT_NPROC) does not bind root, so overhear runs as a user id no one
+    // else uses (the limit counts all of that user's threads), with 5 threads in all: its main
+    // thread, the signal thread, and room for 3 workers.
+    let mut server = Limited::start(
+        "exec prlimit --nproc=5 setpriv --reuid=4000000 --regid=4000000 --clear-groups",
+    );
     let addr = server.addr();
     const NO_THREAD: &str = "cannot start a thread: a limit on threads is reached";
     let connected = |client: &TcpStream| {
