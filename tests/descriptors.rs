@@ -103,6 +103,13 @@ impl Drop for Limited {
     }
 }
 
+/// The end of the log line that says `client` got a worker: log lines name each client by its
+/// address, which is how these tests tell their clients apart.
+fn connected(client: &TcpStream) -> String {
+    let local = client.local_addr().expect("client address");
+    format!("connected from {local}")
+}
+
 /// CPU time (user + system) of process `pid` so far, in clock ticks (100 a second on Linux).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the server's stat");
@@ -118,13 +125,8 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
     // `ulimit -n` sets the hard limit too, so overhear cannot raise its soft limit past it.
     let mut server = Limited::start("ulimit -n 16 && exec");
     let addr = server.addr();
-    // Connect one client at a time until overhear runs out of descriptors. Log lines name each
-    // client by its address, which is how this test tells its clients apart.
+    // Connect one client at a time until overhear runs out of descriptors.
     const OUT_OF_FDS: &str = "cannot accept a client: too many open files";
-    let connected = |client: &TcpStream| {
-        let local = client.local_addr().expect("client address");
-        format!("connected from {local}")
-    };
     let mut served: Vec<TcpStream> = Vec::new();
     loop {
         assert!(served.len() < 32, "a limit of 16 descriptors never ran out");
@@ -180,10 +182,6 @@ fn running_out_of_threads_refuses_only_the_clients_without_one() {
     );
     let addr = server.addr();
     const NO_THREAD: &str = "cannot start a thread: a limit on threads is reached";
-    let connected = |client: &TcpStream| {
-        let local = client.local_addr().expect("client address");
-        format!("connected from {local}")
-    };
     let mut served: Vec<TcpStream> = Vec::new();
     let mut refused = loop {
         assert!(served.len() < 16, "a limit of 5 threads never ran out");
