@@ -30,12 +30,8 @@ fn three_clients_are_numbered_and_attributed() {
     }
     let lines = server.wait_stdout_lines(6, TIMEOUT);
     for n in 1..=3 {
-        let own: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("[{n}] ")))
-            .collect();
         assert_eq!(
-            own,
+            lines_of(&lines, n),
             [
                 &format!("[{n}] first line of client {n}"),
                 &format!("[{n}] second line of client {n}")
@@ -203,6 +199,12 @@ fn numbered_lines(i: usize, first: usize, count: usize, pad: &str) -> String {
         writeln!(text, "{}", message(i, j, pad)).expect("writing to a String cannot fail");
     }
     text
+}
+
+/// The lines of `lines` that client `n` sent, in order, with their `[n] ` prefix.
+fn lines_of(lines: &[String], n: usize) -> Vec<&String> {
+    let prefix = format!("[{n}] ");
+    lines.iter().filter(|l| l.starts_with(&prefix)).collect()
 }
 
 /// Splits each stdout line `[N] message` by client number N (1 to [`WRITERS`]) and returns
@@ -550,12 +552,8 @@ fn netcat_clients_like_the_tutorial() {
     }
     let lines = server.wait_stdout_lines(6, TIMEOUT);
     for n in 1..=3 {
-        let own: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("[{n}] ")))
-            .collect();
         assert_eq!(
-            own,
+            lines_of(&lines, n),
             [
                 &format!("[{n}] hello from nc {n}"),
                 &format!("[{n}] bye from nc {n}")
