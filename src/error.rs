@@ -33,6 +33,8 @@ pub enum Error {
     },
     /// The SIGINT/SIGTERM handler could not be installed.
     Signal(ctrlc::Error),
+    /// Standard output was closed at start and no `--output` file was given.
+    StdoutClosed,
 }
 
 impl Error {
@@ -43,7 +45,8 @@ impl Error {
             | Error::Output(_)
             | Error::OutputOpen { .. }
             | Error::Setup { .. }
-            | Error::Signal(_) => EXIT_FAILURE,
+            | Error::Signal(_)
+            | Error::StdoutClosed => EXIT_FAILURE,
         }
     }
 }
@@ -60,6 +63,9 @@ impl fmt::Display for Error {
             }
             Error::Setup { what, source } => write!(f, "cannot {what}: {}", describe(source)),
             Error::Signal(source) => write!(f, "cannot install the signal handler: {source}"),
+            Error::StdoutClosed => f.write_str(
+                "standard output is closed: give --output FILE to write the messages to a file",
+            ),
         }
     }
 }
@@ -72,6 +78,7 @@ impl std::error::Error for Error {
             | Error::OutputOpen { source, .. }
             | Error::Setup { source, .. } => Some(source),
             Error::Signal(source) => Some(source),
+            Error::StdoutClosed => None,
         }
     }
 }

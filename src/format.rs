@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use serde::Serialize;
 
-use crate::framing::Piece;
+use crate::framing::{LineEnd, Piece};
 use crate::output::escape_into;
 use crate::worker::ClientId;
 
@@ -109,11 +109,21 @@ impl ClientFormat {
     }
 
     /// Appends the output for one message (or piece of one) to `out`.
+    ///
+    /// JSON keeps every byte: `data` (or `data_b64`) and `eol` of one client's events, joined,
+    /// are the bytes it sent. Text drops the line end (a `\r` before `\n` included) and prints
+    /// nothing for an empty continued piece, which only carries a line end; a message the stop
+    /// cut off is marked `[N!]`.
     pub fn message(&self, out: &mut Vec<u8>, piece: Piece<'_>) {
         if self.options.format == Format::Json {
             let (data, data_b64) = match std::str::from_utf8(piece.bytes) {
                 Ok(text) => (Some(text), None),
                 Err(_) => (None, Some(base64_of(piece.bytes))),
+            };
+            let eol = match piece.end {
+                LineEnd::None => None,
+                LineEnd::Lf => Some("\n"),
+                LineEnd::CrLf => Some("\r\n"),
             };
             write_json(
                 out,
@@ -121,18 +131,25 @@ impl ClientFormat {
                     event: "message",
                     data,
                     data_b64,
+                    eol,
                     continued: piece.continued.then_some(true),
+                    cut: piece.cut.then_some(true),
                     ..self.event()
                 },
             );
             return;
         }
+        if piece.continued && piece.bytes.is_empty() {
+            return;
+        }
         self.line_start(out);
-        out.extend_from_slice(if piece.continued {
-            &self.continued_prefix
+        if piece.cut {
+            out.extend_from_slice(&self.cut_prefix(piece.continued));
+        } else if piece.continued {
+            out.extend_from_slice(&self.continued_prefix);
         } else {
-            &self.prefix
-        });
+            out.extend_from_slice(&self.prefix);
+        }
         match self.options.style {
             Style::Escaped => escape_into(out, piece.bytes),
             Style::Raw => out.extend_from_slice(piece.bytes),
@@ -198,6 +215,18 @@ impl ClientFormat {
         }
     }
 
+    /// `[N!] `, or `[N+!] ` for a continued piece: the prefix of a message the stop cut off.
+    /// Rare (at most once per client), so built when needed.
+    fn cut_prefix(&self, continued: bool) -> Vec<u8> {
+        let (on, off) = if self.options.color {
+            (color_of(self.id), RESET)
+        } else {
+            (String::new(), "")
+        };
+        let plus = if continued { "+" } else { "" };
+        format!("{on}[{}{plus}!]{off} ", self.id.number()).into_bytes()
+    }
+
     fn event(&self) -> Event<'_> {
         Event {
             ts: &self.now,
@@ -220,6 +249,8 @@ impl ClientFormat {
 pub struct ClientTotals {
     pub messages: u64,
     pub bytes: u64,
+    /// Messages received but not written, because the output had failed.
+    pub unwritten: u64,
     pub connected_for: Duration,
 }
 
@@ -236,9 +267,16 @@ pub struct Event<'a> {
     pub data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_b64: Option<String>,
+    /// The line end that followed the message (`"\n"` or `"\r\n"`); absent for a message
+    /// ended by the close, the stop, or a cut at `--max-line`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eol: Option<&'a str>,
     /// Present (true) on a piece continuing a message longer than `--max-line`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub continued: Option<bool>,
+    /// Present (true) on a message the stop cut off while the client was still sending it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +356,12 @@ mod tests {
     }
 
     fn piece(bytes: &[u8], continued: bool) -> Piece<'_> {
-        Piece { bytes, continued }
+        Piece {
+            bytes,
+            continued,
+            end: LineEnd::Lf,
+            cut: false,
+        }
     }
 
     #[test]
@@ -391,11 +434,97 @@ mod tests {
             lines[0]
         );
         assert!(
-            lines[1].contains(r#""data_b64":"/wA=","continued":true"#),
+            lines[1].contains(r#""data_b64":"/wA=","eol":"\n","continued":true"#),
             "{}",
             lines[1]
         );
         assert!(!text.contains('\u{9b}'));
+    }
+
+    #[test]
+    fn a_cut_message_is_marked_and_an_empty_continued_piece_is_not_printed() {
+        let cut = |continued| Piece {
+            bytes: b"half a li",
+            continued,
+            end: LineEnd::None,
+            cut: true,
+        };
+        let text = client(OutputOptions::default());
+        let mut out = Vec::new();
+        text.message(&mut out, cut(false));
+        text.message(&mut out, cut(true));
+        text.message(&mut out, piece(b"", true));
+        text.message(&mut out, piece(b"", false));
+        assert_eq!(out, b"[7!] half a li\n[7+!] half a li\n[7] \n");
+        let json = client(OutputOptions {
+            format: Format::Json,
+            ..OutputOptions::default()
+        });
+        let mut out = Vec::new();
+        json.message(&mut out, cut(false));
+        json.message(&mut out, piece(b"", true));
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with(r#""data":"half a li","cut":true}"#),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].ends_with(r#""data":"","eol":"\n","continued":true}"#),
+            "{}",
+            lines[1]
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use crate::framing::LineFramer;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn json_events_rebuild_the_stream_byte_for_byte(
+                bytes in proptest::collection::vec(
+                    prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(0xc3), Just(0xa9), any::<u8>()],
+                    0..400,
+                ),
+                sizes in proptest::collection::vec(1usize..60, 1..20),
+                max in 1usize..50,
+            ) {
+                let format = client(OutputOptions {
+                    format: Format::Json,
+                    ..OutputOptions::default()
+                });
+                let mut framer = LineFramer::new(max);
+                let mut out = Vec::new();
+                let mut rest = &bytes[..];
+                for size in sizes.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                    framer.push(chunk, |p| format.message(&mut out, p));
+                    rest = tail;
+                }
+                framer.finish(false, |p| format.message(&mut out, p));
+                let mut rebuilt = Vec::new();
+                for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let event: serde_json::Value = serde_json::from_slice(line).expect("JSON");
+                    match (&event["data"], &event["data_b64"]) {
+                        (serde_json::Value::String(text), _) => rebuilt.extend_from_slice(text.as_bytes()),
+                        (_, serde_json::Value::String(b64)) => rebuilt.extend(
+                            base64::engine::general_purpose::STANDARD.decode(b64).expect("base64"),
+                        ),
+                        _ => prop_assert!(false, "no data in {event}"),
+                    }
+                    if let serde_json::Value::String(eol) = &event["eol"] {
+                        rebuilt.extend_from_slice(eol.as_bytes());
+                    }
+                }
+                prop_assert_eq!(rebuilt, bytes);
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,37 @@
 //! `LineFramer` turns one client's byte stream into messages: pure bytes in, messages out, no I/O,
 //! no clock, no threads, so any chunking of the same stream yields the same messages.
 //!
-//! A message ends at `\n`; a `\r` right before it is dropped. A message longer than the framer's
-//! maximum is handed out in pieces of exactly that many bytes; every piece after the first is
-//! marked [`Piece::continued`], which keeps a client's memory bounded however long its lines are.
+//! A message ends at `\n`; a `\r` right before it is taken out of the message and reported as
+//! part of its line end ([`LineEnd`]), so the pieces and their line ends give back the stream byte
+//! for byte. A message longer than the framer's maximum is handed out in pieces of exactly that
+//! many bytes; every piece after the first is marked [`Piece::continued`], which keeps a client's
+//! memory bounded however long its lines are.
 
 use memchr::memchr;
+
+/// How a piece ended: the bytes that followed it in the stream and are not part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEnd {
+    /// Nothing: the piece was cut at the maximum length, or the stream ended (the client closed,
+    /// the server stopped) before a line end came.
+    #[default]
+    None,
+    /// `\n`.
+    Lf,
+    /// `\r\n`.
+    CrLf,
+}
+
+impl LineEnd {
+    /// The bytes of this line end.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            LineEnd::None => b"",
+            LineEnd::Lf => b"\n",
+            LineEnd::CrLf => b"\r\n",
+        }
+    }
+}
 
 /// One message, or one piece of a message longer than the maximum line length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +40,12 @@ pub struct Piece<'a> {
     pub bytes: &'a [u8],
     /// True when this piece continues a message whose earlier bytes were already handed out.
     pub continued: bool,
+    /// What ended this piece. A message whose `\r\n` falls just past a cut at the maximum ends
+    /// in an empty continued piece that carries only its line end.
+    pub end: LineEnd,
+    /// True when the stream was cut off in the middle of this message: the server stopped
+    /// reading while the client was still sending it (see [`LineFramer::finish`]).
+    pub cut: bool,
 }
 
 /// Splits a byte stream into messages at `\n`, holding at most `max_line` bytes of an unfinished one.
@@ -51,12 +83,15 @@ impl LineFramer {
         }
     }
 
-    /// Ends the stream: hands out an unfinished last message (kept as sent, `\r` included).
-    pub fn finish(&mut self, mut emit: impl FnMut(Piece<'_>)) {
+    /// Ends the stream: hands out an unfinished last message (kept as sent, `\r` included),
+    /// marked [`Piece::cut`] if `cut` says the server stopped reading while it was being sent.
+    pub fn finish(&mut self, cut: bool, mut emit: impl FnMut(Piece<'_>)) {
         if !self.pending.is_empty() {
             emit(Piece {
                 bytes: &self.pending,
                 continued: self.continued,
+                end: LineEnd::None,
+                cut,
             });
         }
         self.pending.clear();
@@ -88,12 +123,16 @@ impl LineFramer {
                 emit(Piece {
                     bytes: &rest[..max],
                     continued: self.continued,
+                    end: LineEnd::None,
+                    cut: false,
                 });
             } else {
                 self.pending.extend_from_slice(&rest[..take]);
                 emit(Piece {
                     bytes: &self.pending,
                     continued: self.continued,
+                    end: LineEnd::None,
+                    cut: false,
                 });
                 self.pending.clear();
             }
@@ -103,6 +142,8 @@ impl LineFramer {
                 emit(Piece {
                     bytes: &rest[..max],
                     continued: true,
+                    end: LineEnd::None,
+                    cut: false,
                 });
                 rest = &rest[max..];
             }
@@ -117,14 +158,16 @@ impl LineFramer {
             self.pending.extend_from_slice(rest);
             &self.pending
         };
-        let tail = whole.strip_suffix(b"\r").unwrap_or(whole);
-        // A message cut exactly at the maximum has nothing left but its line end: no empty piece.
-        if !(tail.is_empty() && self.continued) {
-            emit(Piece {
-                bytes: tail,
-                continued: self.continued,
-            });
-        }
+        let (tail, line_end) = match whole.strip_suffix(b"\r") {
+            Some(tail) => (tail, LineEnd::CrLf),
+            None => (whole, LineEnd::Lf),
+        };
+        emit(Piece {
+            bytes: tail,
+            continued: self.continued,
+            end: line_end,
+            cut: false,
+        });
         self.pending.clear();
         self.continued = false;
     }
@@ -141,7 +184,22 @@ mod tests {
         for chunk in chunks {
             framer.push(chunk, |p| out.push((p.bytes.to_vec(), p.continued)));
         }
-        framer.finish(|p| out.push((p.bytes.to_vec(), p.continued)));
+        framer.finish(false, |p| out.push((p.bytes.to_vec(), p.continued)));
+        out
+    }
+
+    /// Frames `chunks` and joins every piece's bytes and line end: the stream itself.
+    fn rebuilt(max: usize, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut framer = LineFramer::new(max);
+        let mut out = Vec::new();
+        let mut join = |p: Piece<'_>| {
+            out.extend_from_slice(p.bytes);
+            out.extend_from_slice(p.end.bytes());
+        };
+        for chunk in chunks {
+            framer.push(chunk, &mut join);
+        }
+        framer.finish(false, &mut join);
         out
     }
 
@@ -205,8 +263,37 @@ mod tests {
     #[test]
     fn a_message_of_exactly_the_maximum_is_one_piece() {
         assert_eq!(frame(4, &[b"abcd\n"]), whole(&["abcd"]));
-        assert_eq!(frame(4, &[b"abcd\r\n"]), whole(&["abcd"]));
-        assert_eq!(frame(4, &[b"ab", b"cd", b"\r", b"\n"]), whole(&["abcd"]));
+        assert_eq!(frame(4, &[b"abc\r\n"]), whole(&["abc"]));
+    }
+
+    #[test]
+    fn a_crlf_just_past_the_maximum_comes_as_an_empty_piece() {
+        let expected = vec![(b"abcd".to_vec(), false), (Vec::new(), true)];
+        assert_eq!(frame(4, &[b"abcd\r\n"]), expected);
+        assert_eq!(frame(4, &[b"ab", b"cd", b"\r", b"\n"]), expected);
+        assert_eq!(rebuilt(4, &[b"abcd\r\n"]), b"abcd\r\n");
+    }
+
+    #[test]
+    fn line_ends_are_reported() {
+        let mut ends = Vec::new();
+        let mut framer = LineFramer::new(4);
+        framer.push(b"a\nb\r\nlong-one\nc\r", |p| ends.push((p.end, p.cut)));
+        framer.finish(true, |p| ends.push((p.end, p.cut)));
+        use LineEnd::*;
+        assert_eq!(
+            ends,
+            [
+                (Lf, false),
+                (CrLf, false),
+                (None, false),
+                (Lf, false),
+                (None, true)
+            ]
+        );
+        assert_eq!(CrLf.bytes(), b"\r\n");
+        assert_eq!(Lf.bytes(), b"\n");
+        assert!(None.bytes().is_empty());
     }
 
     #[test]
@@ -246,6 +333,20 @@ mod tests {
             )
         }
 
+        /// `bytes` cut at the points `cuts` pick.
+        fn chunked<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for to in points {
+                chunks.push(&bytes[from..to]);
+                from = to;
+            }
+            chunks.push(&bytes[from..]);
+            chunks
+        }
+
         proptest! {
             #[test]
             fn any_chunking_gives_the_messages_of_the_whole_stream(
@@ -253,15 +354,7 @@ mod tests {
                 cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
                 max in 1usize..40,
             ) {
-                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-                points.sort_unstable();
-                let mut chunks = Vec::new();
-                let mut from = 0;
-                for to in points {
-                    chunks.push(&bytes[from..to]);
-                    from = to;
-                }
-                chunks.push(&bytes[from..]);
+                let chunks = chunked(&bytes, &cuts);
                 prop_assert_eq!(frame(max, &chunks), frame(max, &[&bytes]));
             }
 
@@ -289,6 +382,16 @@ mod tests {
                     expected.push(b'\n');
                 }
                 prop_assert_eq!(rebuilt, expected);
+            }
+
+            #[test]
+            fn pieces_and_line_ends_rebuild_the_stream_exactly(
+                bytes in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+                max in 1usize..40,
+            ) {
+                let chunks = chunked(&bytes, &cuts);
+                prop_assert_eq!(rebuilt(max, &chunks), bytes);
             }
         }
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use overhear::cli::{Args, Extra};
-use overhear::output::Sink;
+use overhear::output::{LogRoute, Sink};
 use overhear::{Error, Server};
 
 fn main() -> ExitCode {
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     if let Some(extra) = args.extra() {
         return print_extra(extra);
     }
-    init_logging(args.log_level());
+    overhear::shutdown::ignore_file_size_signal();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -29,14 +29,21 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Error> {
-    if let Some(limit) = overhear::server::raise_fd_limit() {
-        log::debug!("open-file limit: {limit}");
-    }
     let sink = match args.output_path() {
         Some(path) => open_append(path)?,
         None => stdout()?,
     };
-    let server = Server::bind(args.into_config())?;
+    // With stderr and the output one pipe or terminal (`2>&1`), log records go through the
+    // output's writer, so no log line lands inside a data line.
+    let route = same_file(&sink, &std::io::stderr()).then(LogRoute::default);
+    init_logging(args.log_level(), route.clone());
+    if let Some(limit) = overhear::server::raise_fd_limit() {
+        log::debug!("open-file limit: {limit}");
+    }
+    let mut server = Server::bind(args.into_config())?;
+    if let Some(route) = route {
+        server.route_logs(route);
+    }
     server.shutdown().install_signal_handler()?;
     let summary = server.run(Sink::File(sink))?;
     if log::log_enabled!(log::Level::Info) && summary.clients > 0 {
@@ -47,6 +54,10 @@ fn run(args: Args) -> Result<(), Error> {
 
 /// Standard output as a plain file: each burst of lines goes out in one `write(2)`, without
 /// std's line buffering in front of it.
+///
+/// # Errors
+/// [`Error::StdoutClosed`] when overhear was started with standard output closed: the standard
+/// library then puts `/dev/null` there, and every message would be lost without a word.
 fn stdout() -> Result<std::fs::File, Error> {
     use std::os::fd::AsFd;
     let fd = std::io::stdout()
@@ -56,7 +67,36 @@ fn stdout() -> Result<std::fs::File, Error> {
             what: "use standard output",
             source,
         })?;
-    Ok(std::fs::File::from(fd))
+    let file = std::fs::File::from(fd);
+    if was_closed(&file) {
+        return Err(Error::StdoutClosed);
+    }
+    Ok(file)
+}
+
+/// Whether `file` is the `/dev/null` the standard library opens (read-write) in place of a
+/// standard descriptor that was closed at start; a shell's `>/dev/null` opens it write-only.
+fn was_closed(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let null = std::fs::metadata("/dev/null").map(|m| m.rdev());
+    let read_write = rustix::fs::fcntl_getfl(file)
+        .is_ok_and(|flags| flags & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR);
+    read_write
+        && file
+            .metadata()
+            .is_ok_and(|m| null.is_ok_and(|null| m.rdev() == null))
+}
+
+/// Whether `a` and `b` are the same open file (device and inode), as after `2>&1`.
+fn same_file(a: &std::fs::File, b: &impl std::os::fd::AsFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(b) = b.as_fd().try_clone_to_owned().map(std::fs::File::from) else {
+        return false;
+    };
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn open_append(path: &std::path::Path) -> Result<std::fs::File, Error> {
@@ -71,17 +111,21 @@ fn open_append(path: &std::path::Path) -> Result<std::fs::File, Error> {
 }
 
 /// Prints a completion script or the manual page, generated from the command-line definition.
+/// Both are rendered in memory first: clap_complete panics on a failed write.
 fn print_extra(extra: Extra) -> ExitCode {
     let mut command = Args::command();
-    let mut out = std::io::stdout().lock();
-    let written = match extra {
+    let mut text = Vec::new();
+    match extra {
         Extra::Completions(shell) => {
-            clap_complete::generate(shell, &mut command, "overhear", &mut out);
-            Ok(())
+            clap_complete::generate(shell, &mut command, "overhear", &mut text);
         }
-        Extra::Man => clap_mangen::Man::new(command).render(&mut out),
-    };
-    match written.and_then(|()| out.flush()) {
+        Extra::Man => {
+            // Rendering into memory cannot fail.
+            let _ = clap_mangen::Man::new(command).render(&mut text);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&text).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
@@ -95,9 +139,25 @@ fn print_extra(extra: Extra) -> ExitCode {
     }
 }
 
-/// Logs to stderr at `level`, unless `RUST_LOG` says otherwise: `time LEVEL message`.
-fn init_logging(level: log::LevelFilter) {
-    env_logger::Builder::new()
+/// Logs to stderr at `level`, unless `RUST_LOG` says otherwise: `time LEVEL message`; through
+/// `route` when stderr is also the output.
+fn init_logging(level: log::LevelFilter, route: Option<LogRoute>) {
+    use std::io::IsTerminal;
+    let mut builder = env_logger::Builder::new();
+    if let Some(route) = route {
+        // env_logger colors only what it writes to a terminal itself; the route is a terminal
+        // when stderr is one.
+        let color = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        builder
+            .target(env_logger::Target::Pipe(Box::new(route)))
+            .write_style(if color {
+                env_logger::WriteStyle::Always
+            } else {
+                env_logger::WriteStyle::Never
+            });
+    }
+    builder
         .filter_level(level)
         .parse_default_env()
         .format(|buf, record| {

@@ -3,12 +3,16 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
-use log::{error, info};
+use log::warn;
 
-use crate::error::{Error, describe};
+use crate::error::Error;
+use crate::poll;
 use crate::shutdown::{Shutdown, StopReason};
 
 /// Whether `byte` passes through escaping as itself: printable ASCII other than `\`, and tab.
@@ -87,8 +91,9 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
 
 /// Where the output goes.
 pub enum Sink {
-    /// A file, or standard output as a file. A regular file is written by every worker at
-    /// once (see [`Output`]); anything else (a pipe, a terminal) goes through the writer role.
+    /// A file, or standard output as a file. A regular file on a local file system is written by
+    /// every worker at once (see [`Output`]); anything else (a pipe, a terminal, a network file
+    /// system) goes through the writer role.
     File(File),
     /// Any other writer, written through the writer role. It should be unbuffered.
     Writer(Box<dyn Write + Send>),
@@ -110,27 +115,39 @@ const PENDING_LIMIT: usize = 1024 * 1024;
 ///
 /// When the sink is slow, the pending buffer fills to [`PENDING_LIMIT`], workers wait for room,
 /// stop reading their sockets, and TCP pushes back on the clients: nothing is dropped, and memory
-/// stays bounded by that limit plus one buffer per sending client.
+/// stays bounded by that limit plus one buffer per sending client. A pipe left non-blocking by
+/// the parent is waited on until it takes more, as a blocking one would be.
 ///
-/// A regular file needs no writer role: every worker writes its own lines with one `write(2)`
-/// at a time, all at once. Linux holds the file's lock for the whole of each buffered write and
-/// moves a shared file offset atomically, so writes never interleave or overlap; a regular file
-/// only takes part of a write when it fails (disk full), which stops the run anyway. This keeps
-/// the kernel's copy into the page cache going from every worker, where one writer at a time
-/// stalled the whole pipeline whenever that thread was descheduled.
+/// A regular file on a local file system that keeps every `write(2)` whole (ext4, xfs, btrfs,
+/// tmpfs, …; see [`keeps_writes_whole`]) needs no writer role: every worker writes its own lines
+/// with one `write(2)` at a time, all at once. Linux holds the file's lock for the whole of each
+/// buffered write and moves a shared file offset atomically, so writes never interleave or
+/// overlap; such a file only takes part of a write when it fails (disk full), which stops the run
+/// anyway. This keeps the kernel's copy into the page cache going from every worker, where one
+/// writer at a time stalled the whole pipeline whenever that thread was descheduled. Should a
+/// write come back short anyway, every later write goes through the writer role. A regular file
+/// is synced at the end ([`Output::finish`]): a network file system may report a failed write
+/// only then.
 #[derive(Clone)]
 pub struct Output {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    /// A regular file that workers write to directly, or `None` for the writer role.
-    direct: Option<File>,
+    /// The output file, if the sink is one: written directly while `direct` holds, or by the
+    /// writer role; synced at the end if it is a regular file.
+    file: Option<File>,
+    /// Whether workers write straight to `file`; cleared for good by a short write.
+    direct: AtomicBool,
+    /// Whether `file` is a regular file, to be synced at the end.
+    regular: bool,
+    /// Whether `file` is a pipe, whose reader the listener watches.
+    fifo: bool,
     state: Mutex<Pending>,
     /// Signalled when the writer takes the pending lines (or gives up): there is room again.
     room: Condvar,
-    /// Used only by the current writer, so never contended.
-    sink: Mutex<Box<dyn Write + Send>>,
+    /// The writer of a [`Sink::Writer`]; used only by the current writer, so never contended.
+    sink: Mutex<Option<Box<dyn Write + Send>>>,
     /// Set once a write failed: later lines are discarded without trying.
     broken: AtomicBool,
     /// The first write error other than the reader leaving; it makes the run fail.
@@ -164,16 +181,23 @@ impl Output {
     /// Output to `sink`. A failed write requests a stop through `shutdown` (a reader that went
     /// away is a normal stop).
     pub fn new(sink: Sink, shutdown: Shutdown) -> Output {
-        let (direct, sink): (Option<File>, Box<dyn Write + Send>) = match sink {
-            Sink::File(file) if file.metadata().is_ok_and(|m| m.file_type().is_file()) => {
-                (Some(file), Box::new(io::sink()))
-            }
-            Sink::File(file) => (None, Box::new(file)),
-            Sink::Writer(writer) => (None, writer),
+        let (file, sink) = match sink {
+            Sink::File(file) => (Some(file), None),
+            Sink::Writer(writer) => (None, Some(writer)),
         };
+        let kind = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.file_type());
+        let regular = kind.is_some_and(|k| k.is_file());
+        let fifo = kind.is_some_and(|k| k.is_fifo());
+        let direct = regular && file.as_ref().is_some_and(keeps_writes_whole);
         Output {
             shared: Arc::new(Shared {
-                direct,
+                file,
+                direct: AtomicBool::new(direct),
+                regular,
+                fifo,
                 state: Mutex::new(Pending::default()),
                 room: Condvar::new(),
                 sink: Mutex::new(sink),
@@ -184,20 +208,29 @@ impl Output {
         }
     }
 
+    /// The output, if it is a pipe, whose reader the listener watches: a pipe reports an error
+    /// to its writer's `poll(2)` once nobody can read it, so the run stops at once instead of at
+    /// the next write.
+    pub fn watched_pipe(&self) -> Option<BorrowedFd<'_>> {
+        let file = self.shared.file.as_ref()?;
+        self.shared.fifo.then(|| file.as_fd())
+    }
+
     /// Writes whole lines: straight to a regular file, otherwise itself or by leaving them to the
     /// worker that is writing, waiting only while the lines waiting are over [`PENDING_LIMIT`].
-    /// After a failed write, discards.
-    pub fn write(&self, lines: &[u8]) {
+    /// Returns false when the lines were discarded because an earlier write failed.
+    pub fn write(&self, lines: &[u8]) -> bool {
         let shared = &*self.shared;
-        if lines.is_empty() || shared.broken.load(Ordering::Relaxed) {
-            return;
+        if shared.broken.load(Ordering::Relaxed) {
+            return false;
         }
-        if let Some(mut file) = shared.direct.as_ref() {
-            if let Err(err) = file.write_all(lines) {
-                shared.broken.store(true, Ordering::Relaxed);
-                self.fail(err);
+        if lines.is_empty() {
+            return true;
+        }
+        if shared.direct.load(Ordering::Relaxed) {
+            if let Some(file) = shared.file.as_ref() {
+                return self.write_direct(file, lines);
             }
-            return;
         }
         let mut pending = lock(&shared.state);
         while pending.writing && pending.lines.len() >= PENDING_LIMIT {
@@ -209,11 +242,11 @@ impl Output {
             pending.waiting -= 1;
         }
         if shared.broken.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         if pending.writing {
             pending.lines.extend_from_slice(lines);
-            return;
+            return true;
         }
         pending.writing = true;
         // The two buffers, pending and spare, live as long as the output and keep their
@@ -227,7 +260,7 @@ impl Output {
         }
         drop(pending);
         let mut sink = lock(&shared.sink);
-        let mut written = sink.write_all(if direct { lines } else { &batch });
+        let mut written = self.write_all(&mut sink, if direct { lines } else { &batch });
         for round in 1.. {
             let mut pending = lock(&shared.state);
             batch.clear();
@@ -247,34 +280,161 @@ impl Output {
             std::mem::swap(&mut batch, &mut pending.lines);
             shared.room.notify_all();
             drop(pending);
-            written = sink.write_all(&batch);
+            written = self.write_all(&mut sink, &batch);
         }
-        if let Err(err) = written.and_then(|()| sink.flush()) {
-            shared.broken.store(true, Ordering::Relaxed);
-            drop(sink);
-            self.fail(err);
+        drop(sink);
+        match written {
+            Ok(()) => true,
+            Err(err) => {
+                shared.broken.store(true, Ordering::Relaxed);
+                self.fail(err);
+                false
+            }
+        }
+    }
+
+    /// One `write(2)` of `lines` to a file that keeps writes whole. A short write (which such a
+    /// file should never make) is finished, and sends every later write through the writer role.
+    fn write_direct(&self, mut file: &File, lines: &[u8]) -> bool {
+        let shared = &*self.shared;
+        let outcome = match file.write(lines) {
+            Ok(n) if n == lines.len() => Ok(()),
+            Ok(n) => {
+                shared.direct.store(false, Ordering::Relaxed);
+                warn!(
+                    "the output file took {n} of {} bytes in one write; writing through one writer from now on",
+                    lines.len()
+                );
+                write_file(file, &lines[n..])
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => write_file(file, lines),
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(err) => {
+                shared.broken.store(true, Ordering::Relaxed);
+                self.fail(err);
+                false
+            }
+        }
+    }
+
+    /// Writes all of `bytes` as the writer: to the output file, or to the sink writer.
+    fn write_all(&self, sink: &mut Option<Box<dyn Write + Send>>, bytes: &[u8]) -> io::Result<()> {
+        match (self.shared.file.as_ref(), sink) {
+            (Some(file), _) => write_file(file, bytes),
+            (None, Some(writer)) => writer.write_all(bytes).and_then(|()| writer.flush()),
+            (None, None) => Ok(()),
         }
     }
 
     fn fail(&self, err: io::Error) {
         if err.kind() == io::ErrorKind::BrokenPipe {
-            info!("output closed by its reader, stopping");
             self.shared.shutdown.request(StopReason::OutputClosed);
         } else {
-            error!("cannot write output: {}; stopping", describe(&err));
-            self.shared.shutdown.request(StopReason::OutputFailed);
+            // Said once, by the caller of `finish`: the run fails with this error.
             lock(&self.shared.failure).get_or_insert(err);
+            self.shared.shutdown.request(StopReason::OutputFailed);
         }
     }
 
-    /// The run's output outcome, once every worker is joined.
+    /// The run's output outcome, once every worker is joined: a regular file is synced first,
+    /// since a network file system may report a failed write only then.
     ///
     /// # Errors
-    /// [`Error::Output`] when a write failed for another reason than the reader going away.
+    /// [`Error::Output`] when a write or the sync failed for another reason than the reader
+    /// going away.
     pub fn finish(&self) -> Result<(), Error> {
-        let failure = lock(&self.shared.failure).take();
+        let shared = &*self.shared;
+        if shared.regular && !shared.broken.load(Ordering::Relaxed) {
+            if let Some(Err(err)) = shared.file.as_ref().map(File::sync_data) {
+                shared.broken.store(true, Ordering::Relaxed);
+                lock(&shared.failure).get_or_insert(err);
+            }
+        }
+        let failure = lock(&shared.failure).take();
         failure.map_or(Ok(()), |err| Err(Error::Output(err)))
     }
+}
+
+/// Log records on their way to stderr, sent through the output's writer once it is attached, so
+/// that when stderr and the output are one pipe or terminal (`2>&1`) every line on it is whole:
+/// a log line never lands inside a batch of data lines. Before [`LogRoute::attach`] (and for
+/// whoever embeds the library without one) records go straight to stderr.
+#[derive(Clone, Default)]
+pub struct LogRoute(Arc<OnceLock<Output>>);
+
+impl LogRoute {
+    /// From now on, log records go through `output`.
+    pub fn attach(&self, output: &Output) {
+        let _ = self.0.set(output.clone());
+    }
+}
+
+impl Write for LogRoute {
+    fn write(&mut self, record: &[u8]) -> io::Result<usize> {
+        match self.0.get() {
+            // A record that cannot be written is dropped, as a failed write to stderr would be.
+            Some(output) => {
+                output.write(record);
+                Ok(record.len())
+            }
+            None => io::stderr().write(record),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.0.get() {
+            Some(_) => Ok(()),
+            None => io::stderr().flush(),
+        }
+    }
+}
+
+/// Writes all of `bytes` to `file` with as many `write(2)`s as it takes, waiting for room when
+/// the file (a pipe its parent made non-blocking) says it would block.
+fn write_file(mut file: &File, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [poll::Fd::new(file, poll::Flags::OUT)];
+                poll::wait(&mut fds, Duration::MAX)?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `file` is on a local file system whose `write(2)` to a regular file is all or nothing
+/// but for an error (so concurrent writers never tear each other's lines): ext4, xfs, btrfs,
+/// tmpfs, f2fs, zfs and overlayfs (which passes writes to one of those). NFS, FUSE, SMB and
+/// anything unknown are not: their writes may come back short, and one writer at a time is safe.
+#[cfg(target_os = "linux")]
+fn keeps_writes_whole(file: &File) -> bool {
+    const LOCAL: [i64; 8] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x794C_7630, // overlayfs
+        0x8584_58F6, // ramfs
+    ];
+    // f_type is i64 here but a narrower integer on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as i64)))
+}
+
+/// Elsewhere no file system is assumed to keep concurrent writes whole: one writer at a time.
+#[cfg(not(target_os = "linux"))]
+fn keeps_writes_whole(_file: &File) -> bool {
+    false
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::format::Format;
-use crate::output::{Output, Sink};
+use crate::output::{LogRoute, Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
@@ -149,12 +149,22 @@ impl Workers {
 }
 
 /// A bound listener, ready to [`run`](Server::run).
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: Config,
     shutdown: Shutdown,
+    /// Where log records go once the output exists, if they share it.
+    log_route: Option<LogRoute>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -176,7 +186,14 @@ impl Server {
             local_addr,
             config,
             shutdown,
+            log_route: None,
         })
+    }
+
+    /// Sends log records through the run's output once it starts (see [`LogRoute`]): for when
+    /// stderr and the output are the same pipe or terminal.
+    pub fn route_logs(&mut self, route: LogRoute) {
+        self.log_route = Some(route);
     }
 
     /// The address actually bound (with the real port when the config asked for port 0).
@@ -200,9 +217,13 @@ impl Server {
             local_addr,
             config,
             shutdown,
+            log_route,
         } = self;
         announce(local_addr, &config);
         let output = Output::new(sink, shutdown.clone());
+        if let Some(route) = log_route {
+            route.attach(&output);
+        }
         let deadline = config.duration.map(|d| Instant::now() + d);
         let mut workers = Workers::default();
         let mut summary = Summary::default();
@@ -225,7 +246,6 @@ impl Server {
             workers.reap(&mut summary);
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                info!("time is up, stopping");
                 shutdown.request(StopReason::Timer);
                 break;
             }
@@ -245,8 +265,20 @@ impl Server {
                 sleep_unless_stopped(&shutdown, backoff);
             }
         }
+        // The stop is requested (and every worker woken) before anything is logged: a stop never
+        // waits on stderr.
+        let reason = shutdown.reason();
+        log_stop(reason);
+        // Clients the kernel queued before the stop sent their bytes in good faith: accept and
+        // drain them like the others, unless the output is gone anyway.
+        if !matches!(
+            reason,
+            Some(StopReason::OutputClosed | StopReason::OutputFailed)
+        ) {
+            accept.accept_queued(&mut workers, &mut summary);
+        }
         summary.clients = accept.next_id - 1;
-        // Stop accepting: connections still in the backlog are refused when the socket closes.
+        // Stop accepting: a connection that comes after this is refused.
         drop(listener);
         workers.stop_all();
         // The stop request already wrote the stop pipe: every worker is awake and draining.
@@ -263,8 +295,16 @@ impl Server {
             output.write(&event);
         }
         let written = output.finish();
+        let unwritten = if summary.unwritten > 0 {
+            format!(
+                "; {} messages not written (the output failed)",
+                summary.unwritten
+            )
+        } else {
+            String::new()
+        };
         info!(
-            "served {} clients: {} messages, {} bytes; refused {} connections",
+            "served {} clients: {} messages, {} bytes; refused {} connections{unwritten}",
             summary.clients, summary.messages, summary.bytes, summary.refused
         );
         written.map(|()| summary)
@@ -294,17 +334,28 @@ impl Acceptor<'_> {
         workers: &mut Workers,
         summary: &mut Summary,
     ) -> Duration {
+        // A pipe as output is polled for nothing: poll still reports an error on it once its
+        // reader is gone (`overhear | head -1`), and the run stops at once, not at the next write.
+        let pipe = self.output.watched_pipe();
         let mut fds = [
             Fd::new(self.listener, Flags::IN),
             Fd::new(self.shutdown.waker(), Flags::IN),
+            match &pipe {
+                Some(pipe) => Fd::new(pipe, Flags::empty()),
+                None => Fd::new(self.shutdown.waker(), Flags::IN),
+            },
         ];
-        match poll::wait(&mut fds, wait) {
+        let fds = &mut fds[..if pipe.is_some() { 3 } else { 2 }];
+        match poll::wait(fds, wait) {
             Ok(0) => return Duration::ZERO,
             Ok(_) => {}
             Err(err) => {
                 error!("cannot wait for clients: {}", describe(&err));
                 return ACCEPT_BACKOFF;
             }
+        }
+        if fds.get(2).is_some_and(|pipe| !pipe.revents().is_empty()) {
+            self.shutdown.request(StopReason::OutputClosed);
         }
         if fds[0].revents().is_empty() || self.shutdown.is_requested() {
             return Duration::ZERO;
@@ -347,6 +398,33 @@ impl Acceptor<'_> {
             }
         }
         Duration::ZERO
+    }
+
+    /// At the stop: accepts the connections the kernel queued before it and starts their workers,
+    /// which find the stop at once and drain what their clients sent. Bounded by the backlog,
+    /// since that is all the kernel can have queued (more may arrive meanwhile: those are refused
+    /// when the listener closes).
+    fn accept_queued(&mut self, workers: &mut Workers, summary: &mut Summary) {
+        let mut queued = 0;
+        for _ in 0..self.config.backlog.max(1) {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    queued += 1;
+                    let started = self
+                        .admit(peer, workers, summary)
+                        .and_then(|()| self.start_worker(stream, peer, workers));
+                    if let Err(refusal) = started {
+                        self.refuse(peer, &refusal, summary);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(_) => break,
+            }
+        }
+        if queued > 0 {
+            info!("accepted {queued} queued connections at the stop; draining them too");
+        }
     }
 
     /// Whether `peer` may have a worker: allowed by the access rules, and under `--max-conns`
@@ -466,6 +544,20 @@ fn announce(addr: SocketAddr, config: &Config) {
             humantime::format_duration(d)
         ),
         None => info!("running until Ctrl-C/SIGTERM"),
+    }
+}
+
+/// Says why the run stops, once the stop is requested.
+fn log_stop(reason: Option<StopReason>) {
+    match reason {
+        Some(StopReason::Timer) => info!("time is up, stopping"),
+        Some(StopReason::Signal) => {
+            info!("signal received, stopping (send it again to exit at once)")
+        }
+        Some(StopReason::OutputClosed) => info!("output closed by its reader, stopping"),
+        // The run ends with that error, said once by whoever reports it.
+        Some(StopReason::OutputFailed) => {}
+        Some(StopReason::Requested) | None => info!("stopping"),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use log::{error, info};
+use log::error;
 
 use crate::error::{EXIT_INTERRUPTED, Error};
 
@@ -131,14 +131,40 @@ impl Shutdown {
         ctrlc::set_handler(move || shutdown.on_signal()).map_err(Error::Signal)
     }
 
+    /// Never waits on stderr: with `overhear 2>&1 | less` and the pager paused, a blocked log
+    /// line here would keep both signals from ever being acted on. The first signal only
+    /// requests the stop (the listener says so); the second says so only if stderr takes the
+    /// line at once, then exits.
     fn on_signal(&self) {
         if self.inner.signals.fetch_add(1, Ordering::Relaxed) == 0 {
-            info!("signal received, stopping (send it again to exit at once)");
             self.request(StopReason::Signal);
         } else {
-            error!("second signal received, exiting at once");
+            say_if_stderr_is_free(b"error: second signal received, exiting at once\n");
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
+    }
+}
+
+/// Writes `line` to stderr only if that cannot block: `poll(2)` says there is room (a pipe with
+/// room takes a short line whole). Goes around the logger, whose lock a blocked writer may hold.
+fn say_if_stderr_is_free(line: &[u8]) {
+    let stderr = std::io::stderr();
+    let mut fds = [crate::poll::Fd::new(&stderr, crate::poll::Flags::OUT)];
+    let free = crate::poll::wait(&mut fds, std::time::Duration::ZERO).is_ok_and(|ready| ready == 1)
+        && fds[0].revents().contains(crate::poll::Flags::OUT);
+    if free {
+        let _ = rustix::io::write(&stderr, line);
+    }
+}
+
+/// Ignores SIGXFSZ, so a write past the file-size limit (`ulimit -f`) fails with "file too large"
+/// and ends the run with that error, instead of the signal killing the process without a word.
+pub fn ignore_file_size_signal() {
+    #[allow(unsafe_code)]
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no code in a signal context and
+    // touches no memory of this process; no other part of the program handles SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

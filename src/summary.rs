@@ -59,6 +59,8 @@ pub struct Summary {
     pub messages: u64,
     /// Bytes received from all clients.
     pub bytes: u64,
+    /// Messages received but not written, because the output failed.
+    pub unwritten: u64,
     /// Connections closed without a number or a worker: access rules, `--max-conns`, no thread.
     pub refused: u64,
     /// Workers that panicked (always 0 unless there is a bug).
@@ -72,6 +74,7 @@ impl Summary {
     pub fn add(&mut self, report: &ClientReport) {
         self.messages += report.totals.messages;
         self.bytes += report.totals.bytes;
+        self.unwritten += report.totals.unwritten;
         self.busiest.push(Reverse(ByBytes(ClientRow {
             client: report.id.number(),
             peer: report.peer,
@@ -198,6 +201,7 @@ mod tests {
             totals: ClientTotals {
                 messages: 1,
                 bytes,
+                unwritten: 0,
                 connected_for: Duration::from_millis(1500),
             },
             end: End::Closed,

@@ -14,9 +14,10 @@
 //! The threads are plain POSIX threads: the standard library works on them as on its own
 //! (thread-locals, panics, `thread::current`), except that it does not know their names (a
 //! panic message says `thread '<unnamed>'`; `ps` and debuggers show the name). A panic in the
-//! body comes back from [`Thread::join`] as `Err`, as with `std`. Each stack has a guard page below it: an overflow
-//! ends the process with SIGSEGV instead of corrupting memory (the standard library's overflow
-//! message needs a signal stack per thread, the cost this module avoids).
+//! body comes back from [`Thread::join`] as `Err`, as with `std`. Each stack has a 64 KiB guard region below it: an
+//! overflow ends the process with SIGSEGV instead of corrupting memory, and no message says so
+//! (the standard library's overflow message needs a signal stack per thread, the cost this
+//! module avoids).
 #![allow(unsafe_code)]
 
 use std::any::Any;
@@ -237,12 +238,23 @@ fn thread_name(name: &str) -> Option<CString> {
     CString::new(&name[..end]).ok()
 }
 
-/// One mapped stack: a guard page (no access) and `size` usable bytes above it.
+/// The inaccessible region below each stack: 64 KiB, so that a frame larger than a page (a big
+/// local array) cannot step over it into the stack below. Address space only: it is never
+/// touched, so it costs no memory.
+const GUARD: usize = 64 * 1024;
+
+/// The guard region rounded up to whole pages.
+fn guard_size() -> usize {
+    let page = rustix::param::page_size();
+    GUARD.div_ceil(page) * page
+}
+
+/// One mapped stack: a guard region (no access, [`GUARD`]) and `size` usable bytes above it.
 #[derive(Debug)]
 struct Stack {
-    /// The start of the mapping, at the guard page.
+    /// The start of the mapping, at the guard region.
     mapping: NonNull<c_void>,
-    /// The lowest usable byte, one page above the mapping's start.
+    /// The lowest usable byte, just above the guard region.
     usable: NonNull<c_void>,
     size: usize,
 }
@@ -252,8 +264,8 @@ unsafe impl Send for Stack {}
 
 impl Stack {
     fn map(size: usize) -> io::Result<Stack> {
-        let guard = rustix::param::page_size();
-        // SAFETY: a fresh anonymous mapping aliases nothing; the guard page is inside it.
+        let guard = guard_size();
+        // SAFETY: a fresh anonymous mapping aliases nothing; the guard region is inside it.
         unsafe {
             let mapping = rustix::mm::mmap_anonymous(
                 ptr::null_mut(),
@@ -275,7 +287,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let guard = rustix::param::page_size();
+        let guard = guard_size();
         // SAFETY: the mapping is ours and no thread runs on it: a `Stack` is dropped only from
         // `Stacks` (after a join) or when mapping it failed.
         let _ = unsafe { rustix::mm::munmap(self.mapping.as_ptr(), guard + self.size) };
@@ -320,7 +332,10 @@ mod tests {
     fn a_panic_comes_back_as_err_and_keeps_the_stack() {
         let mut stacks = Stacks::new(SIZE);
         let thread = stacks
-            .spawn("panicker", || -> u8 { panic!("on purpose") })
+            // resume_unwind unwinds as a panic does, without the panic hook's message on stderr.
+            .spawn("panicker", || -> u8 {
+                panic::resume_unwind(Box::new("on purpose"))
+            })
             .expect("spawn");
         let payload = thread.join(&mut stacks).expect_err("a panic");
         assert_eq!(payload.downcast_ref::<&str>(), Some(&"on purpose"));
@@ -362,6 +377,39 @@ mod tests {
             "cut to Linux's 15 bytes"
         );
         assert_eq!(deep, 7);
+    }
+
+    #[test]
+    fn each_stack_has_a_guard_region_of_64_kib_below_it() {
+        let mut stacks = Stacks::new(SIZE);
+        let thread = stacks
+            .spawn("guarded", || {
+                let local = 1u8;
+                std::hint::black_box(&local) as *const u8 as usize
+            })
+            .expect("spawn");
+        let at = thread.join(&mut stacks).expect("no panic");
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let ranges: Vec<(usize, usize, String)> = maps
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let (start, end) = fields.next()?.split_once('-')?;
+                let start = usize::from_str_radix(start, 16).ok()?;
+                let end = usize::from_str_radix(end, 16).ok()?;
+                Some((start, end, fields.next()?.to_string()))
+            })
+            .collect();
+        let stack = ranges
+            .iter()
+            .find(|(start, end, _)| (*start..*end).contains(&at))
+            .expect("the stack is mapped");
+        let guard = ranges
+            .iter()
+            .find(|(_, end, _)| *end == stack.0)
+            .expect("a mapping right below the stack");
+        assert_eq!(guard.2, "---p", "no access below the stack");
+        assert!(guard.1 - guard.0 >= GUARD, "{:x}-{:x}", guard.0, guard.1);
     }
 
     #[test]

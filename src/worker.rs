@@ -2,9 +2,12 @@
 //! `WorkerHandle` is what the listener keeps to stop and join it.
 //!
 //! A worker blocks in `poll(2)` on two things: its socket and the shared stop pipe. When the stop
-//! pipe becomes readable (or its own stop flag is set) it drains: it reads what its socket still
-//! holds until nothing more arrives, prints it, and closes. It never shuts its socket down before
-//! that drain, because a `shutdown(SHUT_RD)` discards bytes the client's kernel still holds back.
+//! pipe becomes readable (or its own stop flag is set) it drains: it reads every byte its socket
+//! held when the drain began, then what still arrives until the client goes quiet (or
+//! [`DRAIN_LIMIT`] of the client's time has passed), prints it all, and closes. Time spent waiting
+//! for a slow output does not count against that limit: a byte the server's kernel acknowledged
+//! is never dropped because stdout was slow. It never shuts its socket down before that drain,
+//! because a `shutdown(SHUT_RD)` discards bytes the client's kernel still holds back.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -54,9 +57,9 @@ const DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// longer is idle and ends at once.
 const RECENTLY: Duration = Duration::from_secs(1);
 
-/// After a stop, the longest workers keep reading from clients that never stop sending, counted
-/// from the stop.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// After a stop, the longest workers keep reading from clients that keep sending, counted from
+/// the stop, without the time the worker spent waiting for the output.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// A client's number: 1, 2, 3, … in accept order, never reused in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,13 +109,16 @@ pub enum End {
     Idle(Duration),
     /// Reading failed, for example a reset by the client.
     Failed(io::Error),
+    /// The drain limit passed while the client was still sending: its last message is cut.
+    /// Reported as [`End::Stopped`] once the cut message is printed.
+    Cut,
 }
 
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             End::Closed => f.write_str("closed by client"),
-            End::Stopped => f.write_str("server stopping"),
+            End::Stopped | End::Cut => f.write_str("server stopping"),
             End::Idle(timeout) => write!(f, "idle for {}", humantime::format_duration(*timeout)),
             End::Failed(err) => f.write_str(&describe(err)),
         }
@@ -174,6 +180,17 @@ pub struct Worker {
     /// buffer is larger than [`READ_CHUNK`].
     large_reads: LargeReads,
     large: Option<LargeRead>,
+    /// Whether the drain has begun, and how many bytes the socket held then that are not read
+    /// yet.
+    draining: bool,
+    owed: u64,
+    /// Time spent handing lines to the output after the stop, until the owed bytes were read;
+    /// the drain limit leaves it out.
+    output_wait: Duration,
+    /// Messages formatted into `lines` since the last hand-over.
+    unhanded: u64,
+    /// Messages the output discarded after it failed.
+    unwritten: u64,
 }
 
 /// The allowance of large read buffers shared by all workers: [`LARGE_READERS`] at once.
@@ -243,6 +260,11 @@ impl Worker {
             burst: 0,
             large_reads,
             large: None,
+            draining: false,
+            owed: 0,
+            output_wait: Duration::ZERO,
+            unhanded: 0,
+            unwritten: 0,
         }
     }
 
@@ -252,21 +274,29 @@ impl Worker {
         self.format.stamp();
         self.format.connect(&mut self.lines);
         self.hand_over();
-        let end = self.serve();
+        let (end, cut) = match self.serve() {
+            End::Cut => (End::Stopped, true),
+            end => (end, false),
+        };
         let Worker {
             framer,
             format,
             lines,
             messages,
+            unhanded,
             settings,
             ..
         } = &mut self;
         format.stamp();
         let show = settings.output.format != Format::Hex;
-        framer.finish(|piece| record(piece, messages, show.then_some(&*format), lines));
+        framer.finish(cut, |piece| {
+            record(piece, messages, unhanded, show.then_some(&*format), lines)
+        });
+        self.hand_over();
         let totals = ClientTotals {
             messages: self.messages,
             bytes: self.bytes,
+            unwritten: self.unwritten,
             connected_for: started.elapsed(),
         };
         self.format
@@ -303,9 +333,9 @@ impl Worker {
             match wake {
                 Wake::Stop => return self.drain(),
                 Wake::Timeout => {}
-                Wake::Readable => match self.read_available(None) {
-                    Ok((Some(end), _)) => return end,
-                    Ok((None, _)) => {}
+                Wake::Readable => match self.read_available(false) {
+                    Ok(Some(end)) => return end,
+                    Ok(None) => {}
                     Err(err) => return End::Failed(err),
                 },
             }
@@ -329,10 +359,10 @@ impl Worker {
         }
     }
 
-    /// Reads until the socket has nothing more, the per-wake budget is spent, or `deadline`
-    /// passes, writing the formatted lines of each read. Returns how the connection ended, if it
-    /// did, and the bytes read.
-    fn read_available(&mut self, deadline: Option<Instant>) -> io::Result<(Option<End>, usize)> {
+    /// Reads until the socket has nothing more, the per-wake budget is spent, or (when
+    /// `draining`) every owed byte is read and the drain limit has passed, writing the formatted
+    /// lines of each read. Returns how the connection ended, if it did.
+    fn read_available(&mut self, draining: bool) -> io::Result<Option<End>> {
         let mut total = 0;
         let mut end = None;
         for _ in 0..READS_PER_WAKE {
@@ -351,6 +381,7 @@ impl Worker {
                     }
                     self.burst += n;
                     self.heard = Instant::now();
+                    self.owed = self.owed.saturating_sub(n as u64);
                     self.consume(n);
                     self.hand_over();
                     if n == self.buf.len() && n < READ_CHUNK_MAX {
@@ -362,7 +393,7 @@ impl Worker {
                             self.buf = vec![0; (2 * n).min(READ_CHUNK_MAX)];
                         }
                     }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if draining && self.owed == 0 && self.past_drain_limit() {
                         break;
                     }
                 }
@@ -384,7 +415,7 @@ impl Worker {
         }
         debug!("{}: read {total} bytes", self.id);
         self.hand_over();
-        Ok((end, total))
+        Ok(end)
     }
 
     /// Frames and formats the first `n` bytes of the read buffer (and echoes them if asked).
@@ -395,6 +426,7 @@ impl Worker {
             lines,
             buf,
             messages,
+            unhanded,
             bytes,
             settings,
             ..
@@ -406,9 +438,11 @@ impl Worker {
         if settings.output.format == Format::Hex {
             format.hex(lines, *bytes, data);
             // Still framed, so the counts of messages mean the same in every format.
-            framer.push(data, |piece| record(piece, messages, None, lines));
+            framer.push(data, |piece| record(piece, messages, unhanded, None, lines));
         } else {
-            framer.push(data, |piece| record(piece, messages, Some(format), lines));
+            framer.push(data, |piece| {
+                record(piece, messages, unhanded, Some(format), lines)
+            });
         }
         *bytes += n as u64;
         if self.settings.echo {
@@ -443,18 +477,46 @@ impl Worker {
         }
     }
 
-    /// Writes the formatted lines out (blocking while the output is slow).
+    /// Writes the formatted lines out (blocking while the output is slow). After a stop, until
+    /// the bytes owed are read, the time this takes is left out of the drain limit.
     fn hand_over(&mut self) {
-        self.output.write(&self.lines);
+        if self.lines.is_empty() {
+            return;
+        }
+        let began = Instant::now();
+        if !self.output.write(&self.lines) {
+            self.unwritten += self.unhanded;
+        }
         self.lines.clear();
+        self.unhanded = 0;
+        if !self.draining || self.owed > 0 {
+            if let Some(stop) = self.shutdown.requested_at() {
+                self.output_wait += Instant::now().saturating_duration_since(began.max(stop));
+            }
+        }
     }
 
-    /// After a stop: reads what the client sent before it, until the socket stays quiet for
-    /// [`DRAIN_GRACE`] (an idle client: not at all) or [`DRAIN_LIMIT`] has passed.
+    /// Whether [`DRAIN_LIMIT`] of the client's time has passed since the stop.
+    fn past_drain_limit(&self) -> bool {
+        let stop = self.shutdown.requested_at().unwrap_or_else(Instant::now);
+        stop.elapsed() >= DRAIN_LIMIT + self.output_wait
+    }
+
+    /// After a stop: reads every byte the socket holds now (acknowledged, so the client believes
+    /// it delivered), however long the output takes to print them; then what the client still
+    /// sends, until the socket stays quiet for [`DRAIN_GRACE`] (an idle client: not at all) or
+    /// [`DRAIN_LIMIT`] has passed since the stop, not counting the time spent waiting for the
+    /// output before that. A client that keeps sending faster than the output takes it is cut
+    /// off then; one that stopped sending before the stop never is.
     fn drain(&mut self) -> End {
-        // Counted from the stop, not from this worker's wake, so all workers finish together
-        // however long some waited for the output.
-        let limit = self.shutdown.requested_at().unwrap_or_else(Instant::now) + DRAIN_LIMIT;
+        self.draining = true;
+        self.owed = match rustix::io::ioctl_fionread(&self.stream) {
+            Ok(queued) => queued,
+            Err(err) => {
+                debug!("{}: cannot ask what the socket holds: {err}", self.id);
+                0
+            }
+        };
         // A client that was streaming may have bytes held back in its kernel, waiting for a window
         // update that Linux sends with a delayed ACK (40 ms or more later) or that crosses the
         // network. Only such a client gets a grace period on the first look; one that was idle,
@@ -466,21 +528,23 @@ impl Worker {
             Duration::ZERO
         };
         loop {
-            self.ack_now();
-            let mut fds = [Fd::new(&self.stream, Flags::IN)];
-            match poll::wait(&mut fds, grace) {
-                Ok(0) => return End::Stopped,
-                Ok(_) => {}
+            if self.owed == 0 {
+                self.ack_now();
+                let mut fds = [Fd::new(&self.stream, Flags::IN)];
+                match poll::wait(&mut fds, grace) {
+                    Ok(0) => return End::Stopped,
+                    Ok(_) => {}
+                    Err(err) => return End::Failed(err),
+                }
+            }
+            match self.read_available(true) {
+                Ok(Some(end)) => return end,
+                Ok(None) => {}
                 Err(err) => return End::Failed(err),
             }
-            match self.read_available(Some(limit)) {
-                Ok((Some(end), _)) => return end,
-                Ok(_) => {}
-                Err(err) => return End::Failed(err),
-            }
-            if Instant::now() >= limit {
+            if self.owed == 0 && self.past_drain_limit() {
                 warn!("{} still sending after the stop; closing", self.id);
-                return End::Stopped;
+                return End::Cut;
             }
             grace = DRAIN_GRACE;
         }
@@ -500,11 +564,13 @@ impl Worker {
 fn record(
     piece: Piece<'_>,
     messages: &mut u64,
+    unhanded: &mut u64,
     format: Option<&ClientFormat>,
     lines: &mut Vec<u8>,
 ) {
     if !piece.continued {
         *messages += 1;
+        *unhanded += 1;
     }
     if let Some(format) = format {
         format.message(lines, piece);

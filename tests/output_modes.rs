@@ -124,7 +124,7 @@ fn json_events_parse_and_carry_every_byte() {
     let mut server = Spawned::start(&["--format", "json", "--max-conns", "1"]);
     let mut client = server.connect_numbered(1);
     let peer = client.local_addr().expect("client address").to_string();
-    send(&mut client, b"hi\n");
+    send(&mut client, b"hi\r\n");
     send(&mut client, b"\xff\x01\n");
     send(&mut client, "é\u{9b}\n".as_bytes());
     // connect and three messages: the client is served before the second one knocks.
@@ -180,12 +180,14 @@ fn json_events_parse_and_carry_every_byte() {
             .is_some_and(|r| r.contains("--max-conns")),
         "the refusal does not name --max-conns: {reason:?}"
     );
-    let bytes = 3 + 3 + "é\u{9b}\n".len() + 4;
+    let bytes = 4 + 3 + "é\u{9b}\n".len() + 4;
+    // Each message says how it ended: joined with its `eol`, the data is every byte sent. The
+    // last one, ended by the close, has none.
     let expected = [
         json!({"event": "connect", "client": 1, "peer": peer}),
-        json!({"event": "message", "client": 1, "peer": peer, "data": "hi"}),
-        json!({"event": "message", "client": 1, "peer": peer, "data_b64": "/wE="}),
-        json!({"event": "message", "client": 1, "peer": peer, "data": "é\u{9b}"}),
+        json!({"event": "message", "client": 1, "peer": peer, "data": "hi", "eol": "\r\n"}),
+        json!({"event": "message", "client": 1, "peer": peer, "data_b64": "/wE=", "eol": "\n"}),
+        json!({"event": "message", "client": 1, "peer": peer, "data": "é\u{9b}", "eol": "\n"}),
         json!({"event": "refused", "peer": second_peer}),
         json!({"event": "message", "client": 1, "peer": peer, "data": "tail"}),
         json!({"event": "disconnect", "client": 1, "peer": peer, "reason": "closed by client",

@@ -15,7 +15,7 @@ fn pieces(max: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
         framer.push(chunk, |p| out.push((p.bytes.to_vec(), p.continued)));
         assert!(framer.pending_len() <= max);
     }
-    framer.finish(|p| out.push((p.bytes.to_vec(), p.continued)));
+    framer.finish(false, |p| out.push((p.bytes.to_vec(), p.continued)));
     out
 }
 
