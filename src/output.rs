@@ -483,6 +483,186 @@ mod tests {
         }
     }
 
+    /// A sink writer that blocks while its gate is shut, and records what it was given.
+    #[derive(Clone, Default)]
+    struct Gated {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            *lock(&self.open.0) = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            let mut open = lock(&self.open.0);
+            while !*open {
+                open = self
+                    .open
+                    .1
+                    .wait(open)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            // Short writes, as a pipe makes.
+            let n = bytes.len().min(5000);
+            lock(&self.written).extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Waits up to 10 s for `done`, failing with `what`.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// `count` lines of writer `tag`, each numbered.
+    fn numbered(tag: usize, from: usize, count: usize) -> Vec<u8> {
+        (from..from + count)
+            .flat_map(|k| format!("w{tag} {k:06} {}\n", "z".repeat(k % 200)).into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_stalled_sink_holds_at_most_the_pending_limit_and_the_others_wait() {
+        const WORKERS: usize = 6;
+        let gated = Gated::default();
+        let output = Output::new(
+            Sink::Writer(Box::new(gated.clone())),
+            Shutdown::new().expect("pipe"),
+        );
+        let threads: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    for batch in 0..200 {
+                        assert!(output.write(&numbered(w, batch * 100, 100)));
+                    }
+                })
+            })
+            .collect();
+        // One worker is the writer, stuck in the sink; every other one ends up waiting for room
+        // once the pending lines reach the limit, and the lines waiting stay bounded.
+        wait_until("the other workers never waited for room", || {
+            lock(&output.shared.state).waiting == WORKERS - 1
+        });
+        let held = lock(&output.shared.state).lines.len();
+        assert!(held >= PENDING_LIMIT, "waiting with room left: {held}");
+        assert!(held < PENDING_LIMIT + 100 * 300, "{held} bytes pending");
+        gated.open();
+        for thread in threads {
+            thread.join().expect("a worker");
+        }
+        let state = lock(&output.shared.state);
+        assert_eq!(state.waiting, 0);
+        assert!(!state.writing);
+        assert!(state.lines.is_empty());
+        drop(state);
+        check_whole_and_ordered(&lock(&gated.written), WORKERS, 200 * 100);
+    }
+
+    #[test]
+    fn lines_stay_whole_and_ordered_through_many_hand_offs() {
+        const WORKERS: usize = 8;
+        let gated = Gated::default();
+        gated.open();
+        let output = Output::new(
+            Sink::Writer(Box::new(gated.clone())),
+            Shutdown::new().expect("pipe"),
+        );
+        let threads: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    for batch in 0..400 {
+                        output.write(&numbered(w, batch * 50, 50));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a worker");
+        }
+        check_whole_and_ordered(&lock(&gated.written), WORKERS, 400 * 50);
+    }
+
+    /// Every line of every writer is there once, whole, and in its writer's order.
+    fn check_whole_and_ordered(written: &[u8], writers: usize, lines: usize) {
+        let mut next = vec![0; writers];
+        for line in written.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let line = std::str::from_utf8(line).expect("UTF-8");
+            let mut fields = line.split(' ');
+            let tag: usize = fields.next().and_then(|t| t[1..].parse().ok()).expect(line);
+            let k: usize = fields.next().and_then(|k| k.parse().ok()).expect(line);
+            assert_eq!(k, next[tag], "writer {tag} out of order: {line:?}");
+            assert_eq!(fields.next().map(str::len), Some(k % 200), "torn: {line:?}");
+            next[tag] += 1;
+        }
+        assert!(next.iter().all(|&n| n == lines), "{next:?}");
+    }
+
+    #[test]
+    fn after_a_failed_write_lines_are_discarded_and_said_so() {
+        struct Failing;
+        impl Write for Failing {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::StorageFull.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let shutdown = Shutdown::new().expect("pipe");
+        let output = Output::new(Sink::Writer(Box::new(Failing)), shutdown.clone());
+        assert!(!output.write(b"lost\n"));
+        assert!(!output.write(b"also lost\n"));
+        assert_eq!(shutdown.reason(), Some(StopReason::OutputFailed));
+        let err = output.finish().expect_err("the run fails");
+        assert_eq!(
+            err.to_string(),
+            "cannot write output: no space left on device"
+        );
+    }
+
+    #[test]
+    fn regular_files_on_local_file_systems_are_written_directly() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("overhear-direct-{}", std::process::id()));
+        let file = File::create(&path).expect("a temporary file");
+        let output = Output::new(Sink::File(file), Shutdown::new().expect("pipe"));
+        let local = rustix::fs::fstatfs(output.shared.file.as_ref().expect("file"))
+            .expect("fstatfs")
+            .f_type;
+        assert!(
+            output.shared.direct.load(Ordering::Relaxed),
+            "file system type {local:x} not taken as local"
+        );
+        assert!(output.write(b"one\n"));
+        output.finish().expect("synced");
+        assert_eq!(std::fs::read(&path).expect("read"), b"one\n");
+        std::fs::remove_file(&path).ok();
+        // A pipe is not a regular file: the writer role, and watched for its reader.
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        let output = Output::new(
+            Sink::File(File::from(write)),
+            Shutdown::new().expect("pipe"),
+        );
+        assert!(!output.shared.direct.load(Ordering::Relaxed));
+        assert!(output.watched_pipe().is_some());
+        drop(read);
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
