@@ -62,6 +62,16 @@ pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// `count` and `noun`, in the plural unless the count is one: `1 message`, `2 messages`.
+pub fn counted(count: impl Into<u64>, noun: &str) -> String {
+    let count = count.into();
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// A duration rounded down to whole milliseconds, for log lines (`1s 250ms`, not nanoseconds).
 pub fn rounded(duration: Duration) -> humantime::FormattedDuration {
     let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
@@ -319,8 +329,9 @@ pub fn millis(duration: Duration) -> u64 {
 }
 
 /// serde_json's compact output, but with the C1 controls U+0080–U+009F written as `\u0080`…
-/// `\u009f`: serde_json escapes only C0 controls, and a raw C1 (such as U+009B, CSI) can drive
-/// a terminal that shows the JSON.
+/// `\u009f`, and the characters that hide or reorder text ([`crate::output::hides_text`]) as
+/// `\u202e` and so on: serde_json escapes only C0 controls, and a raw C1 (such as U+009B, CSI)
+/// can drive a terminal that shows the JSON.
 struct EscapeC1;
 
 impl serde_json::ser::Formatter for EscapeC1 {
@@ -331,7 +342,7 @@ impl serde_json::ser::Formatter for EscapeC1 {
     ) -> io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
-            if ('\u{80}'..='\u{9f}').contains(&c) {
+            if ('\u{80}'..='\u{9f}').contains(&c) || crate::output::hides_text(c) {
                 writer.write_all(&fragment.as_bytes()[start..i])?;
                 write!(writer, "\\u{:04x}", u32::from(c))?;
                 start = i + c.len_utf8();
@@ -362,6 +373,13 @@ mod tests {
             end: LineEnd::Lf,
             cut: false,
         }
+    }
+
+    #[test]
+    fn counts_take_the_plural_unless_one() {
+        assert_eq!(counted(0u64, "message"), "0 messages");
+        assert_eq!(counted(1u64, "client"), "1 client");
+        assert_eq!(counted(2u64, "byte"), "2 bytes");
     }
 
     #[test]
@@ -421,14 +439,14 @@ mod tests {
             ..OutputOptions::default()
         });
         let mut out = Vec::new();
-        format.message(&mut out, piece("é\u{9b}\x1b".as_bytes(), false));
+        format.message(&mut out, piece("é\u{9b}\x1b\u{202e}".as_bytes(), false));
         format.message(&mut out, piece(b"\xff\x00", true));
         let text = String::from_utf8(out).expect("utf-8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
             lines[0].contains(
-                r#""event":"message","client":7,"peer":"127.0.0.1:5000","data":"é\u009b\u001b""#
+                r#""event":"message","client":7,"peer":"127.0.0.1:5000","data":"é\u009b\u001b\u202e""#
             ),
             "{}",
             lines[0]

@@ -30,8 +30,23 @@ fn all_plain(bytes: &[u8]) -> bool {
     blocks_plain && blocks.remainder().iter().all(|&b| is_plain(b))
 }
 
-/// Appends `bytes` to `out` so that no control byte reaches a terminal, losslessly: `\` becomes
-/// `\\`; C0 controls (but tab), DEL, the UTF-8 encodings of the C1 controls U+0080–U+009F, and
+/// Whether `c` can hide or reorder text on a terminal although it is printable: the
+/// bidirectional controls (U+202A–U+202E, U+2066–U+2069, and the marks U+200E, U+200F, U+061C:
+/// text that displays reversed, the "Trojan Source" trick), zero-width characters (U+200B–U+200D,
+/// U+2060, U+FEFF) and the line and paragraph separators U+2028 and U+2029, at which some
+/// terminals break lines.
+pub fn hides_text(c: char) -> bool {
+    matches!(c,
+        '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}'
+        | '\u{2028}' | '\u{2029}')
+}
+
+/// Appends `bytes` to `out` so that no control byte reaches a terminal and nothing can hide or
+/// reorder what is shown, losslessly: `\` becomes `\\`; C0 controls (but tab), DEL, the UTF-8
+/// encodings of the C1 controls U+0080–U+009F and of the characters [`hides_text`] names, and
 /// every byte of invalid UTF-8 become `\xNN`; everything else (printable UTF-8) passes through.
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     if all_plain(bytes) {
@@ -45,7 +60,9 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
             match ch {
                 '\\' => out.extend_from_slice(b"\\\\"),
                 '\t' => out.push(b'\t'),
-                c if c.is_control() => encoded.iter().for_each(|&b| push_hex(out, b)),
+                c if c.is_control() || hides_text(c) => {
+                    encoded.iter().for_each(|&b| push_hex(out, b));
+                }
                 _ => out.extend_from_slice(encoded),
             }
         }
@@ -467,6 +484,31 @@ mod tests {
     }
 
     #[test]
+    fn characters_that_hide_or_reorder_text_are_escaped() {
+        assert_eq!(escaped("a\u{202e}b".as_bytes()), "a\\xe2\\x80\\xaeb");
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}', '\u{200b}', '\u{200c}',
+            '\u{200d}', '\u{2060}', '\u{feff}', '\u{2028}', '\u{2029}',
+        ] {
+            let text = escaped(c.to_string().as_bytes());
+            assert!(
+                text.starts_with("\\x") && !text.contains(c),
+                "{c:?}: {text}"
+            );
+            assert_eq!(
+                unescape(text.as_bytes()).as_deref(),
+                Some(c.to_string().as_bytes())
+            );
+        }
+        // Their neighbours are ordinary text.
+        assert_eq!(
+            escaped("\u{2027}\u{202f}\u{2065}".as_bytes()),
+            "\u{2027}\u{202f}\u{2065}"
+        );
+    }
+
+    #[test]
     fn escaping_round_trips() {
         let samples: [&[u8]; 5] = [
             b"plain",
@@ -677,7 +719,7 @@ mod tests {
                 let text = std::str::from_utf8(&out);
                 prop_assert!(text.is_ok(), "escaped output is UTF-8");
                 let text = text.unwrap_or_default();
-                prop_assert!(!text.chars().any(|c| c.is_control() && c != '\t'));
+                prop_assert!(!text.chars().any(|c| (c.is_control() && c != '\t') || hides_text(c)));
                 prop_assert_eq!(unescape(&out), Some(bytes));
             }
         }

@@ -19,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
-use crate::format::Format;
+use crate::format::{Format, counted};
 use crate::output::{LogRoute, Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
@@ -53,7 +53,8 @@ impl fmt::Display for Refusal {
             Refusal::Access(denial) => denial.fmt(f),
             Refusal::TooMany(limit) => write!(
                 f,
-                "the limit of {limit} connected clients is reached (--max-conns)"
+                "the limit of {} is reached (--max-conns)",
+                counted(*limit as u64, "connected client")
             ),
             // pthread_create says EAGAIN for every limit on threads, and mapping a stack
             // ENOMEM when the process has as many mappings as it may.
@@ -76,13 +77,20 @@ impl fmt::Display for Refusal {
 pub struct Workers {
     live: Vec<WorkerHandle>,
     stacks: Stacks,
+    /// Clients the stop disconnected, joined so far.
+    stop_lines: u64,
 }
+
+/// Disconnect lines logged at a stop before the rest are only counted: the summary table has
+/// the details, and 10,000 lines to a file took half the stop's time.
+pub const STOP_LINES: u64 = 20;
 
 impl Default for Workers {
     fn default() -> Workers {
         Workers {
             live: Vec::new(),
             stacks: Stacks::new(WORKER_STACK),
+            stop_lines: 0,
         }
     }
 }
@@ -110,8 +118,9 @@ impl Workers {
 
     /// Joins and drops every worker that has ended, adding its report to `summary`.
     pub fn reap(&mut self, summary: &mut Summary) {
-        for handle in self.live.extract_if(.., |h| h.is_finished()) {
-            Self::join_one(handle, &mut self.stacks, summary);
+        let finished: Vec<WorkerHandle> = self.live.extract_if(.., |h| h.is_finished()).collect();
+        for handle in finished {
+            self.join_one(handle, summary);
         }
         self.stacks.trim(SPARE_STACKS);
     }
@@ -124,25 +133,44 @@ impl Workers {
     /// Waits for every worker to end, adding each report to `summary`. The stacks are kept
     /// until the end of the run: unmapping one while other threads still run would interrupt
     /// every core to flush its TLB.
-    pub fn join_all(&mut self, summary: &mut Summary) {
-        for handle in self.live.drain(..) {
-            Self::join_one(handle, &mut self.stacks, summary);
+    ///
+    /// Returns how many of them the stop ended (rather than their clients, before it). Their
+    /// disconnect lines are logged for the first [`STOP_LINES`] only, then counted in one line.
+    pub fn join_all(&mut self, summary: &mut Summary) -> u64 {
+        let mut stopped = 0;
+        for handle in std::mem::take(&mut self.live) {
+            stopped += u64::from(self.join_one(handle, summary));
         }
+        let hidden = self.stop_lines.saturating_sub(STOP_LINES);
+        if hidden > 0 {
+            info!(
+                "… and {hidden} more {} disconnected (server stopping)",
+                if hidden == 1 { "client" } else { "clients" }
+            );
+        }
+        stopped
     }
 
-    /// Joins one worker and adds its report to `summary`. A client the stop disconnected is
-    /// logged here: its worker leaves that to whoever joins it.
-    fn join_one(handle: WorkerHandle, stacks: &mut Stacks, summary: &mut Summary) {
-        match handle.join(stacks) {
+    /// Joins one worker and adds its report to `summary`; returns whether the stop ended it. A
+    /// client the stop disconnected is logged here (its worker leaves that to whoever joins it),
+    /// up to [`STOP_LINES`] of them.
+    fn join_one(&mut self, handle: WorkerHandle, summary: &mut Summary) -> bool {
+        match handle.join(&mut self.stacks) {
             Ok(report) => {
-                if matches!(report.end, End::Stopped) {
-                    report.log();
+                let stopped = matches!(report.end, End::Stopped);
+                if stopped {
+                    self.stop_lines += 1;
+                    if self.stop_lines <= STOP_LINES {
+                        report.log();
+                    }
                 }
                 summary.add(&report);
+                stopped
             }
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");
                 summary.panicked += 1;
+                false
             }
         }
     }
@@ -282,11 +310,11 @@ impl Server {
         drop(listener);
         workers.stop_all();
         // The stop request already wrote the stop pipe: every worker is awake and draining.
-        let live = workers.len();
         let stopping = Instant::now();
-        workers.join_all(&mut summary);
+        let stopped = workers.join_all(&mut summary);
         info!(
-            "stopped {live} workers in {}",
+            "stopped {} in {}",
+            counted(stopped, "worker"),
             crate::format::rounded(stopping.elapsed())
         );
         if config.worker.output.format == Format::Json {
@@ -297,15 +325,26 @@ impl Server {
         let written = output.finish();
         let unwritten = if summary.unwritten > 0 {
             format!(
-                "; {} messages not written (the output failed)",
-                summary.unwritten
+                "; {} not written (the output failed)",
+                counted(summary.unwritten, "message")
+            )
+        } else {
+            String::new()
+        };
+        let panicked = if summary.panicked > 0 {
+            format!(
+                "; {} panicked (a bug: please report it)",
+                counted(summary.panicked, "worker")
             )
         } else {
             String::new()
         };
         info!(
-            "served {} clients: {} messages, {} bytes; refused {} connections{unwritten}",
-            summary.clients, summary.messages, summary.bytes, summary.refused
+            "served {}: {}, {}; refused {}{unwritten}{panicked}",
+            counted(summary.clients, "client"),
+            counted(summary.messages, "message"),
+            counted(summary.bytes, "byte"),
+            counted(summary.refused, "connection")
         );
         written.map(|()| summary)
     }
@@ -367,12 +406,7 @@ impl Acceptor<'_> {
                     if std::mem::take(&mut self.starved) {
                         info!("accepting clients again");
                     }
-                    let started = self
-                        .admit(peer, workers, summary)
-                        .and_then(|()| self.start_worker(stream, peer, workers));
-                    if let Err(refusal) = started {
-                        self.refuse(peer, &refusal, summary);
-                    }
+                    self.take(stream, peer, workers, summary);
                 }
                 Err(err) => match err.kind() {
                     io::ErrorKind::WouldBlock => return Duration::ZERO,
@@ -405,17 +439,12 @@ impl Acceptor<'_> {
     /// since that is all the kernel can have queued (more may arrive meanwhile: those are refused
     /// when the listener closes).
     fn accept_queued(&mut self, workers: &mut Workers, summary: &mut Summary) {
-        let mut queued = 0;
+        let mut queued: u64 = 0;
         for _ in 0..self.config.backlog.max(1) {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     queued += 1;
-                    let started = self
-                        .admit(peer, workers, summary)
-                        .and_then(|()| self.start_worker(stream, peer, workers));
-                    if let Err(refusal) = started {
-                        self.refuse(peer, &refusal, summary);
-                    }
+                    self.take(stream, peer, workers, summary);
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -423,7 +452,35 @@ impl Acceptor<'_> {
             }
         }
         if queued > 0 {
-            info!("accepted {queued} queued connections at the stop; draining them too");
+            info!(
+                "accepted {} queued at the stop; draining them too",
+                counted(queued, "connection")
+            );
+        }
+    }
+
+    /// Gives an accepted connection a worker, or refuses it. An IPv4 client of a dual-stack
+    /// listener is known by its IPv4 address (`127.0.0.1:5000`, not `[::ffff:127.0.0.1]:5000`)
+    /// everywhere: access rules, logs, JSON and the summary.
+    fn take(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        workers: &mut Workers,
+        summary: &mut Summary,
+    ) {
+        let peer = match peer {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, v6.port())),
+                None => peer,
+            },
+            SocketAddr::V4(_) => peer,
+        };
+        let started = self
+            .admit(peer, workers, summary)
+            .and_then(|()| self.start_worker(stream, peer, workers));
+        if let Err(refusal) = started {
+            self.refuse(peer, &refusal, summary);
         }
     }
 
@@ -571,8 +628,8 @@ fn report_progress(workers: &Workers, served: u64, deadline: Option<Instant>) {
         None => String::from("no timed stop"),
     };
     info!(
-        "{} clients connected, {served} served so far; {left}",
-        workers.len()
+        "{} connected, {served} served so far; {left}",
+        counted(workers.len() as u64, "client")
     );
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::format::{millis, timestamp, write_json};
+use crate::format::{counted, millis, timestamp, write_json};
 use crate::worker::ClientReport;
 
 /// Per-client rows kept for the summary: the busiest clients by bytes. Bounded, so a run that
@@ -119,7 +119,7 @@ impl Summary {
         }
         cells.push([
             "total".into(),
-            format!("{} clients", self.clients),
+            counted(self.clients, "client"),
             String::new(),
             self.messages.to_string(),
             self.bytes.to_string(),
@@ -140,7 +140,8 @@ impl Summary {
                 if hidden > 0 {
                     let _ = writeln!(
                         out,
-                        "… {hidden} more clients not shown (the {} busiest are)",
+                        "… {hidden} more {} not shown (the {} busiest are)",
+                        if hidden == 1 { "client" } else { "clients" },
                         shown.len()
                     );
                 }
@@ -252,6 +253,10 @@ mod tests {
         let table = summary.table();
         assert_eq!(table.lines().count(), ROWS_SHOWN + 3, "{table}");
         assert!(table.contains("… 4980 more clients not shown"), "{table}");
+        let mut one = Summary::default();
+        one.clients = 1;
+        one.add(&report(1, 7));
+        assert!(one.table().contains("total  1 client "), "{}", one.table());
         assert!(
             table.contains(" 5000 "),
             "the busiest client is shown: {table}"

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use log::{Level, debug, info, log, warn};
 
 use crate::error::describe;
-use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions};
+use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions, counted};
 use crate::framing::{LineFramer, Piece};
 use crate::output::Output;
 use crate::poll::{self, Fd, Flags};
@@ -144,12 +144,12 @@ impl ClientReport {
         };
         log!(
             level,
-            "{} disconnected ({}) after {}: {} messages, {} bytes",
+            "{} disconnected ({}) after {}: {}, {}",
             self.id,
             self.end,
             crate::format::rounded(self.totals.connected_for),
-            self.totals.messages,
-            self.totals.bytes
+            counted(self.totals.messages, "message"),
+            counted(self.totals.bytes, "byte")
         );
     }
 }

@@ -169,7 +169,7 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
     late[0]
         .shutdown(std::net::Shutdown::Write)
         .expect("half-close");
-    server.wait("1 messages, 11 bytes");
+    server.wait("1 message, 11 bytes");
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn running_out_of_threads_refuses_only_the_clients_without_one() {
     served[0]
         .shutdown(std::net::Shutdown::Write)
         .expect("half-close");
-    server.wait("1 messages, 13 bytes");
+    server.wait("1 message, 13 bytes");
     // Once its thread has ended (it logs that line just before), the next client gets one.
     wait_threads(server.child.id(), "client-1 to end", TIMEOUT, |names| {
         !names.iter().any(|name| name == "client-1")

@@ -733,7 +733,7 @@ fn progress_shows_time_left() {
         "no time left in {idle:?}"
     );
     let _client = server.connect_numbered(1);
-    let busy = server.wait_stderr("1 clients connected, 1 served so far; ", TIMEOUT);
+    let busy = server.wait_stderr("1 client connected, 1 served so far; ", TIMEOUT);
     assert!(
         busy.contains("; stopping in 59m "),
         "no time left in {busy:?}"
@@ -1012,4 +1012,57 @@ impl Drop for Process {
             eprintln!("{}", self.report());
         }
     }
+}
+
+/// Counts read naturally (`1 message`, `served 1 client`, `stopped 1 worker`), and an IPv4
+/// client of a dual-stack listener is shown by its IPv4 address in logs, JSON and the summary.
+#[test]
+fn counts_are_plural_only_when_needed_and_mapped_peers_look_like_ipv4() {
+    let mut server = Spawned::start(&["--host", "::", "--format", "json"]);
+    let v4 = SocketAddr::from(([127, 0, 0, 1], server.addr().port()));
+    let mut client = connect(v4);
+    let peer = client.local_addr().expect("client address").to_string();
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    send(&mut client, b"one\n");
+    server.wait_stdout(r#""data":"one""#, TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    finished.assert_stderr_has(&format!("client 1 connected from {peer}"));
+    finished.assert_stderr_has("client 1 disconnected (server stopping) after ");
+    finished.assert_stderr_has(": 1 message, 4 bytes");
+    finished.assert_stderr_has("stopped 1 worker in ");
+    finished.assert_stderr_has("served 1 client: 1 message, 4 bytes; refused 0 connections");
+    finished.assert_stderr_has(&format!("     1  {peer} "));
+    finished.assert_stderr_has(" total  1 client ");
+    assert!(!finished.stderr.contains("::ffff:"), "{finished}");
+    for event in parse_json_lines(&finished.stdout) {
+        if let Some(shown) = event["peer"].as_str() {
+            assert_eq!(shown, peer, "{event}");
+        }
+    }
+}
+
+/// At a stop with many clients, the first 20 disconnect lines are logged and the rest counted
+/// in one line; the summary table has the details.
+#[test]
+fn disconnect_lines_at_a_stop_are_capped() {
+    const CLIENTS: usize = 30;
+    let mut server = Spawned::start(&[]);
+    let clients: Vec<_> = (1..=CLIENTS).map(|n| server.connect_numbered(n)).collect();
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    assert_eq!(
+        finished
+            .stderr
+            .matches("disconnected (server stopping) after")
+            .count(),
+        20,
+        "{finished}"
+    );
+    for n in 1..=20 {
+        finished.assert_stderr_has(&format!("client {n} disconnected (server stopping)"));
+    }
+    finished.assert_stderr_has("… and 10 more clients disconnected (server stopping)");
+    finished.assert_stderr_has(&format!("stopped {CLIENTS} workers in "));
+    drop(clients);
 }
