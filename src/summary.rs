@@ -253,8 +253,10 @@ mod tests {
         let table = summary.table();
         assert_eq!(table.lines().count(), ROWS_SHOWN + 3, "{table}");
         assert!(table.contains("… 4980 more clients not shown"), "{table}");
-        let mut one = Summary::default();
-        one.clients = 1;
+        let mut one = Summary {
+            clients: 1,
+            ..Summary::default()
+        };
         one.add(&report(1, 7));
         assert!(one.table().contains("total  1 client "), "{}", one.table());
         assert!(
