@@ -3,6 +3,7 @@
 //! `descriptors` (bounds and faults), `output_modes` (formats, colors, files), `edges` (output
 //! and stop at their edges: slow, blocked, closed or odd outputs) and `stop` (randomized stops).
 
+mod clients;
 mod common;
 mod descriptors;
 mod edges;
