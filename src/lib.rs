@@ -35,6 +35,7 @@ pub mod error;
 pub mod format;
 pub mod framing;
 pub mod output;
+pub mod platform;
 mod poll;
 pub mod server;
 pub mod shutdown;

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use overhear::cli::{Args, Extra};
 use overhear::output::{LogRoute, Sink};
 use overhear::{Error, Server};
@@ -37,7 +37,7 @@ fn run(args: Args) -> Result<(), Error> {
     // output's writer, so no log line lands inside a data line.
     let route = same_file(&sink, &std::io::stderr()).then(LogRoute::default);
     init_logging(args.log_level(), route.clone());
-    if let Some(limit) = overhear::server::raise_fd_limit() {
+    if let Some(limit) = overhear::platform::raise_fd_limit() {
         log::debug!("open-file limit: {limit}");
     }
     let mut server = Server::bind(args.into_config())?;
@@ -113,17 +113,10 @@ fn open_append(path: &std::path::Path) -> Result<std::fs::File, Error> {
 /// Prints a completion script or the manual page, generated from the command-line definition.
 /// Both are rendered in memory first: clap_complete panics on a failed write.
 fn print_extra(extra: Extra) -> ExitCode {
-    let mut command = Args::command();
-    let mut text = Vec::new();
-    match extra {
-        Extra::Completions(shell) => {
-            clap_complete::generate(shell, &mut command, "overhear", &mut text);
-        }
-        Extra::Man => {
-            // Rendering into memory cannot fail.
-            let _ = clap_mangen::Man::new(command).render(&mut text);
-        }
-    }
+    let text = match extra {
+        Extra::Completions(shell) => overhear::cli::completion_script(shell),
+        Extra::Man => overhear::cli::manual_page(),
+    };
     let mut out = std::io::stdout().lock();
     match out.write_all(&text).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,7 +133,8 @@ fn print_extra(extra: Extra) -> ExitCode {
 }
 
 /// Logs to stderr at `level`, unless `RUST_LOG` says otherwise: `time LEVEL message`; through
-/// `route` when stderr is also the output.
+/// `route` when stderr is also the output. At `-q` (warnings) the `listening on` line still
+/// shows: with `--port 0` it is the only way to learn the port.
 fn init_logging(level: log::LevelFilter, route: Option<LogRoute>) {
     use std::io::IsTerminal;
     let mut builder = env_logger::Builder::new();
@@ -157,18 +151,78 @@ fn init_logging(level: log::LevelFilter, route: Option<LogRoute>) {
                 env_logger::WriteStyle::Never
             });
     }
-    builder
-        .filter_level(level)
-        .parse_default_env()
-        .format(|buf, record| {
-            let style = buf.default_level_style(record.level());
-            writeln!(
-                buf,
-                "{} {style}{:<5}{style:#} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        })
-        .init();
+    builder.format(|buf, record| {
+        let style = buf.default_level_style(record.level());
+        writeln!(
+            buf,
+            "{} {style}{:<5}{style:#} {}",
+            buf.timestamp_millis(),
+            record.level(),
+            record.args()
+        )
+    });
+    let quiet = level == log::LevelFilter::Warn && std::env::var_os("RUST_LOG").is_none();
+    if !quiet {
+        builder.filter_level(level).parse_default_env().init();
+        return;
+    }
+    // env_logger lets info through; `Quiet` passes on warnings, errors and the listening line.
+    let logger = builder.filter_level(log::LevelFilter::Info).build();
+    log::set_max_level(logger.filter());
+    // Only fails if a logger is already set, and none is: this runs once, before any thread.
+    let _ = log::set_logger(Box::leak(Box::new(Quiet(logger))));
+}
+
+/// The logger of `-q`: env_logger's, set to info, passing on warnings, errors and the
+/// `listening on` line (logged at info by the server).
+struct Quiet(env_logger::Logger);
+
+impl Quiet {
+    const LISTENING: &str = "listening on ";
+}
+
+impl log::Log for Quiet {
+    /// Info is not enabled (so `log_enabled!(Info)` stays false and the summary table stays
+    /// out); the listening record reaches `log` anyway, since `info!` asks only the max level.
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let listening = record.level() == log::Level::Info
+            && record.target().starts_with("overhear")
+            && starts_with(record.args(), Quiet::LISTENING);
+        if record.level() <= log::Level::Warn || listening {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// Whether `args` formats to text that starts with `prefix`; formatting stops as soon as that
+/// is known, so a long record costs no more than a short one.
+fn starts_with(args: &std::fmt::Arguments<'_>, prefix: &str) -> bool {
+    /// The part of the prefix not yet matched.
+    struct Rest<'a>(&'a [u8]);
+    impl std::fmt::Write for Rest<'_> {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            let n = text.len().min(self.0.len());
+            if text.as_bytes()[..n] != self.0[..n] {
+                return Err(std::fmt::Error);
+            }
+            self.0 = &self.0[n..];
+            // An error ends the formatting: matched, nothing more to read.
+            if self.0.is_empty() {
+                Err(std::fmt::Error)
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let mut rest = Rest(prefix.as_bytes());
+    let _ = std::fmt::write(&mut rest, *args);
+    rest.0.is_empty()
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use log::warn;
 
 use crate::error::Error;
+use crate::platform;
 use crate::poll;
 use crate::shutdown::{Shutdown, StopReason};
 
@@ -136,7 +137,7 @@ const PENDING_LIMIT: usize = 1024 * 1024;
 /// the parent is waited on until it takes more, as a blocking one would be.
 ///
 /// A regular file on a local file system that keeps every `write(2)` whole (ext4, xfs, btrfs,
-/// tmpfs, …; see [`keeps_writes_whole`]) needs no writer role: every worker writes its own lines
+/// tmpfs, …; see [`platform::keeps_writes_whole`]) needs no writer role: every worker writes its own lines
 /// with one `write(2)` at a time, all at once. Linux holds the file's lock for the whole of each
 /// buffered write and moves a shared file offset atomically, so writes never interleave or
 /// overlap; such a file only takes part of a write when it fails (disk full), which stops the run
@@ -208,7 +209,7 @@ impl Output {
             .map(|m| m.file_type());
         let regular = kind.is_some_and(|k| k.is_file());
         let fifo = kind.is_some_and(|k| k.is_fifo());
-        let direct = regular && file.as_ref().is_some_and(keeps_writes_whole);
+        let direct = regular && file.as_ref().is_some_and(platform::keeps_writes_whole);
         Output {
             shared: Arc::new(Shared {
                 file,
@@ -425,33 +426,6 @@ fn write_file(mut file: &File, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether `file` is on a local file system whose `write(2)` to a regular file is all or nothing
-/// but for an error (so concurrent writers never tear each other's lines): ext4, xfs, btrfs,
-/// tmpfs, f2fs, zfs and overlayfs (which passes writes to one of those). NFS, FUSE, SMB and
-/// anything unknown are not: their writes may come back short, and one writer at a time is safe.
-#[cfg(target_os = "linux")]
-fn keeps_writes_whole(file: &File) -> bool {
-    const LOCAL: [i64; 8] = [
-        0xEF53,      // ext2/3/4
-        0x5846_5342, // xfs
-        0x9123_683E, // btrfs
-        0x0102_1994, // tmpfs
-        0xF2F5_2010, // f2fs
-        0x2FC1_2FC1, // zfs
-        0x794C_7630, // overlayfs
-        0x8584_58F6, // ramfs
-    ];
-    // f_type is i64 here but a narrower integer on some targets.
-    #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(file).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as i64)))
-}
-
-/// Elsewhere no file system is assumed to keep concurrent writes whole: one writer at a time.
-#[cfg(not(target_os = "linux"))]
-fn keeps_writes_whole(_file: &File) -> bool {
-    false
 }
 
 #[cfg(test)]

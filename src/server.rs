@@ -540,28 +540,6 @@ impl Acceptor<'_> {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit, since every client holds a descriptor
-/// (the usual soft limit, 1024, would cap a run at about a thousand clients). Returns the limit
-/// in force afterwards, if there is one.
-pub fn raise_fd_limit() -> Option<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => limit.maximum,
-        Err(err) => {
-            warn!(
-                "cannot raise the open-file limit: {}",
-                describe(&err.into())
-            );
-            limit.current
-        }
-    }
-}
-
 /// Creates the listening socket with a deep backlog and `SO_REUSEADDR` (so a restart does not
 /// wait out TIME_WAIT; Linux still refuses a port another socket listens on).
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {

@@ -550,10 +550,10 @@ impl Worker {
         }
     }
 
-    /// Sends a pending (delayed) ACK now, so a client held back by a full window learns at once
-    /// that there is room and sends the rest.
+    /// Sends a pending (delayed) ACK now, where the system allows it, so a client held back by
+    /// a full window learns at once that there is room and sends the rest.
     fn ack_now(&self) {
-        if let Err(err) = rustix::net::sockopt::set_tcp_quickack(&self.stream, true) {
+        if let Err(err) = crate::platform::ack_now(&self.stream) {
             debug!("{}: cannot ask for a quick ACK: {err}", self.id);
         }
     }

@@ -1,5 +1,5 @@
-//! Worker threads on recycled stacks: [`Stacks`] starts threads on stacks it takes back when
-//! they are joined, and [`Thread`] is a started thread's handle.
+//! Linux: worker threads on recycled stacks. [`Stacks`] starts threads on stacks it takes back
+//! when they are joined, and [`Thread`] is a started thread's handle.
 //!
 //! Why not `std::thread`: each of its threads maps and unmaps a signal stack, and glibc unmaps or
 //! `madvise`s the thread's own stack when it ends (its cache holds 40 MiB, about 300 worker
@@ -18,9 +18,7 @@
 //! overflow ends the process with SIGSEGV instead of corrupting memory, and no message says so
 //! (the standard library's overflow message needs a signal stack per thread, the cost this
 //! module avoids).
-#![allow(unsafe_code)]
 
-use std::any::Any;
 use std::ffi::{CString, c_void};
 use std::io;
 use std::mem::MaybeUninit;
@@ -31,8 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 
-/// What a thread's body returned, or the payload of its panic.
-pub type Outcome<T> = Result<T, Box<dyn Any + Send + 'static>>;
+use super::Outcome;
 
 /// The longest thread name Linux keeps, without its terminating NUL.
 const NAME_MAX: usize = 15;

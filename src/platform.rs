@@ -1,0 +1,119 @@
+//! What differs between the systems overhear builds for, in one place: the quick ACK a drain
+//! sends, which file systems keep concurrent writes whole, and how far the open-file limit can
+//! be raised. Everything else is the same on every Unix (`poll(2)`, the stop pipe,
+//! `SO_REUSEADDR`, the backlog); the worker threads' own difference lives in `threads`.
+
+use std::fs::File;
+use std::io;
+use std::net::TcpStream;
+
+use log::warn;
+
+use crate::error::describe;
+
+/// Sends the ACK the kernel is delaying on `stream` now (`TCP_QUICKACK`), so a client whose bytes
+/// wait behind a full window learns at once that there is room. Linux only; elsewhere there is
+/// no such switch and the drain waits for the usual ACK (its grace period covers it).
+///
+/// # Errors
+/// When the socket option cannot be set.
+pub fn ack_now(stream: &TcpStream) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    rustix::net::sockopt::set_tcp_quickack(stream, true)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+    Ok(())
+}
+
+/// Whether `file` is on a local file system whose `write(2)` to a regular file is all or nothing
+/// but for an error, so concurrent writers never tear each other's lines: on Linux ext4, xfs,
+/// btrfs, tmpfs, f2fs, zfs, overlayfs (which passes writes to one of those) and ramfs. NFS, FUSE,
+/// SMB and anything unknown are not: their writes may come back short, and one writer at a time
+/// is safe. Elsewhere no file system is assumed to: one writer at a time.
+pub fn keeps_writes_whole(file: &File) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const LOCAL: [i64; 8] = [
+            0xEF53,      // ext2/3/4
+            0x5846_5342, // xfs
+            0x9123_683E, // btrfs
+            0x0102_1994, // tmpfs
+            0xF2F5_2010, // f2fs
+            0x2FC1_2FC1, // zfs
+            0x794C_7630, // overlayfs
+            0x8584_58F6, // ramfs
+        ];
+        // f_type is i64 here but a narrower integer on some targets.
+        #[allow(clippy::unnecessary_cast)]
+        rustix::fs::fstatfs(file).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as i64)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+/// The most open files macOS lets a process have however high its hard limit says
+/// (`OPEN_MAX`): asking for more fails there.
+const OPEN_MAX: u64 = 10_240;
+
+/// Raises the soft limit on open files to the hard limit, since every client holds a descriptor
+/// (the usual soft limit, 1024 on Linux and 256 on macOS, would cap a run at a few hundred
+/// clients). Where the hard limit is unlimited but the kernel will not go that far (macOS), it
+/// settles for [`OPEN_MAX`]. Returns the limit in force afterwards, if there is one.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = [
+        limit.maximum,
+        Some(limit.maximum.map_or(OPEN_MAX, |m| m.min(OPEN_MAX))),
+    ];
+    let mut failure = None;
+    for current in wanted {
+        if current.is_some() && current <= limit.current {
+            return limit.current;
+        }
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current,
+                maximum: limit.maximum,
+            },
+        ) {
+            Ok(()) => return current,
+            Err(err) => failure = Some(err),
+        }
+    }
+    if let Some(err) = failure {
+        warn!(
+            "cannot raise the open-file limit: {}",
+            describe(&err.into())
+        );
+    }
+    limit.current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_ends_at_least_where_it_was() {
+        let before = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        let after = raise_fd_limit();
+        assert!(
+            after >= before.current || after.is_none(),
+            "{after:?} < {before:?}"
+        );
+        let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(now.current, after);
+    }
+
+    #[test]
+    fn quick_ack_works_on_a_connected_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        ack_now(&client).expect("TCP_QUICKACK");
+    }
+}
