@@ -1,15 +1,40 @@
-//! What differs between the systems overhear builds for, in one place: the quick ACK a drain
-//! sends, which file systems keep concurrent writes whole, and how far the open-file limit can
-//! be raised. Everything else is the same on every Unix (`poll(2)`, the stop pipe,
+//! What differs between the systems overhear builds for, in one place: how the stop pipe is
+//! made, the quick ACK a drain sends, which file systems keep concurrent writes whole, and how
+//! far the open-file limit can be raised. Everything else is the same on every Unix (`poll(2)`, the stop pipe,
 //! `SO_REUSEADDR`, the backlog); the worker threads' own difference lives in `threads`.
 
 use std::fs::File;
 use std::io;
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 
 use log::warn;
 
 use crate::error::describe;
+
+/// A pipe whose ends are non-blocking and closed on exec: (read end, write end). `pipe2(2)` sets
+/// both flags at once where it exists; macOS has no `pipe2`, so there they are set just after.
+///
+/// # Errors
+/// When the process is out of file descriptors.
+pub fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        use rustix::pipe::{PipeFlags, pipe_with};
+        Ok(pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?)
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        use rustix::io::{FdFlags, fcntl_setfd};
+        let (read, write) = rustix::pipe::pipe()?;
+        for end in [&read, &write] {
+            fcntl_setfd(end, FdFlags::CLOEXEC)?;
+            fcntl_setfl(end, fcntl_getfl(end)? | OFlags::NONBLOCK)?;
+        }
+        Ok((read, write))
+    }
+}
 
 /// Sends the ACK the kernel is delaying on `stream` now (`TCP_QUICKACK`), so a client whose bytes
 /// wait behind a full window learns at once that there is room. Linux only; elsewhere there is
@@ -108,6 +133,14 @@ mod tests {
         );
         let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         assert_eq!(now.current, after);
+    }
+
+    #[test]
+    fn the_pipe_is_non_blocking() {
+        let (read, _write) = nonblocking_pipe().expect("a pipe");
+        let mut byte = [0];
+        let err = rustix::io::read(&read, &mut byte).expect_err("nothing to read");
+        assert_eq!(err, rustix::io::Errno::AGAIN);
     }
 
     #[test]

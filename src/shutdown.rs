@@ -66,11 +66,10 @@ impl Shutdown {
     /// # Errors
     /// When the process cannot create a pipe (out of file descriptors).
     pub fn new() -> Result<Shutdown, Error> {
-        use rustix::pipe::{PipeFlags, pipe_with};
         let (wake_read, wake_write) =
-            pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).map_err(|e| Error::Setup {
+            crate::platform::nonblocking_pipe().map_err(|source| Error::Setup {
                 what: "create the stop pipe",
-                source: e.into(),
+                source,
             })?;
         Ok(Shutdown {
             inner: Arc::new(Inner {
