@@ -1,85 +1,152 @@
-//! The command line: clap's `Args`, parsed and checked into a [`Config`]. clap types stop here.
+//! The command line: clap's `Args`, parsed and checked into a [`Config`], and the help,
+//! completion scripts and manual page made from its definition. clap types stop here.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{
+    ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum, ValueHint,
+};
 use ipnet::IpNet;
 use log::LevelFilter;
 
 use crate::access::{AccessRules, parse_network};
 use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_CONNS, DEFAULT_PORT};
+use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::format::{Format, OutputOptions, Style};
 use crate::worker::WorkerSettings;
 
-const EXAMPLES: &str = "\
-Examples:
-  overhear                          listen on 127.0.0.1:7878 for 2 minutes
-  overhear --port 9000 --duration 0 listen on port 9000 until Ctrl-C
-  overhear --host :: --duration 1h  listen on every IPv6 and IPv4 address for an hour
-  overhear --format json -o log.jsonl  write one JSON object per event to log.jsonl
-  overhear --hex --echo             hex-dump a binary protocol and echo every byte back
-  nc 127.0.0.1 7878                 connect a client; each line it sends is printed as [N] line
-  overhear --completions bash > /etc/bash_completion.d/overhear
-  overhear --man > overhear.1       write the manual page
+/// Usage examples, for `--help` and the manual page: a command line and what it does. Each
+/// pair fits an 80-column help.
+const EXAMPLES: [(&str, &str); 7] = [
+    ("overhear", "listen on 127.0.0.1:7878 for 2 minutes"),
+    ("overhear -p 9000 -d 0", "listen on port 9000 until Ctrl-C"),
+    (
+        "overhear --host :: -d 1h",
+        "listen on every address for an hour",
+    ),
+    (
+        "overhear -p 0 -q",
+        "listen on a free port; -q still logs it",
+    ),
+    (
+        "overhear --format json -o log.jsonl",
+        "write JSON Lines to log.jsonl",
+    ),
+    (
+        "overhear --hex --echo",
+        "hex-dump binary data and echo it back",
+    ),
+    (
+        "nc 127.0.0.1 7878",
+        "a client: each line prints as [N] line",
+    ),
+];
 
-Exit status: 0 stopped as asked (timer, Ctrl-C/SIGTERM, output closed), 1 error (cannot listen,
-output failed), 2 bad arguments, 130 a second Ctrl-C/SIGTERM during shutdown.";
+/// Installing the bash completions and the manual page, as README shows it (the long line is
+/// continued, so it fits an 80-column help).
+const INSTALL: &str = "\
+mkdir -p ~/.local/share/bash-completion/completions
+overhear --completions bash \\
+    > ~/.local/share/bash-completion/completions/overhear
+mkdir -p ~/.local/share/man/man1
+overhear --man > ~/.local/share/man/man1/overhear.1";
+
+/// The exit statuses README's "Exit status" table documents, briefly.
+const EXIT_STATUSES: [(u8, &str); 4] = [
+    (
+        EXIT_OK,
+        "stopped as asked: time up, Ctrl-C/SIGTERM, stdout's reader left",
+    ),
+    (
+        EXIT_FAILURE,
+        "runtime error, one line on stderr: cannot listen, output failed",
+    ),
+    (EXIT_USAGE, "bad arguments (the message says which)"),
+    (
+        EXIT_INTERRUPTED,
+        "a second Ctrl-C/SIGTERM while stopping: exit at once",
+    ),
+];
+
+/// The environment variables overhear reads.
+const ENVIRONMENT: [(&str, &str); 2] = [
+    (
+        "RUST_LOG",
+        "log filter, overrides -v/-q: RUST_LOG=warn, RUST_LOG=overhear=debug",
+    ),
+    (
+        "NO_COLOR",
+        "if not empty, no colors (--color always still colors the output)",
+    ),
+];
+
+/// What a duration looks like, for the errors of the duration flags.
+const DURATION_FORMS: &str = "500ms, 90s, 2m or 1h30m";
 
 /// Listen on a TCP port and print what every client sends, one numbered thread per client.
+// [`Args`] adds the check clap cannot state: a conflict with one value of `--format`.
 #[derive(Debug, Parser)]
-#[command(name = "overhear", version, about, after_help = EXAMPLES)]
-pub struct Args {
+#[command(name = "overhear", version, about, after_help = epilogue())]
+struct Flags {
     /// Address to listen on: an IPv4 or IPv6 address, or a host name such as localhost
-    #[arg(long, default_value = "127.0.0.1", value_parser = parse_host)]
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1", value_parser = parse_host,
+          value_hint = ValueHint::Hostname)]
     host: IpAddr,
 
     /// Port to listen on; 0 takes a free port (the bound one is logged)
-    #[arg(short, long, default_value_t = DEFAULT_PORT)]
+    #[arg(short, long, value_name = "PORT", default_value_t = DEFAULT_PORT,
+          value_parser = parse_port, allow_negative_numbers = true, value_hint = ValueHint::Other)]
     port: u16,
 
     /// Stop after this long, e.g. 500ms, 90s, 2m, 1h30m; 0 runs until Ctrl-C/SIGTERM
-    #[arg(short, long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(short, long, value_name = "DURATION", default_value = "2m",
+          value_parser = parse_duration, value_hint = ValueHint::Other)]
     duration: Duration,
 
     /// Longest a worker waits in poll before checking its stop flag (stops wake it sooner)
-    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = parse_positive_duration, value_hint = ValueHint::Other)]
     poll_interval: Duration,
 
     /// Connections the kernel queues before overhear accepts them (capped by net.core.somaxconn)
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(1..), value_hint = ValueHint::Other)]
     backlog: u32,
 
     /// Most clients connected at once; one more is closed at once with a warning
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNS,
-          value_parser = parse_count)]
+          value_parser = parse_count, value_hint = ValueHint::Other)]
     max_conns: usize,
 
     /// Disconnect a client that sends nothing for this long, e.g. 30s, 5m (default: never)
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration,
+          value_hint = ValueHint::Other)]
     idle_timeout: Option<Duration>,
 
     /// Accept only peers in this network (CIDR such as 10.0.0.0/8, or one address); repeatable
-    #[arg(long, value_name = "CIDR", value_parser = parse_network)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_network, value_hint = ValueHint::Other)]
     allow: Vec<IpNet>,
 
     /// Refuse peers in this network (CIDR or one address); repeatable; wins over --allow
-    #[arg(long, value_name = "CIDR", value_parser = parse_network)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_network, value_hint = ValueHint::Other)]
     deny: Vec<IpNet>,
 
     /// Longest message printed whole; longer ones are printed in pieces marked [N+]
-    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = parse_size,
+          value_hint = ValueHint::Other)]
     max_line: usize,
 
-    /// Print message bytes unchanged instead of escaping control bytes and invalid UTF-8
-    #[arg(long, conflicts_with_all = ["hex", "format"])]
+    /// Print message bytes unchanged instead of escaping control bytes and invalid UTF-8 (not
+    /// with --format json or --hex)
+    #[arg(long, conflicts_with = "hex")]
     raw: bool,
 
     /// Output format: text lines "[N] message", or JSON Lines (one object per event)
-    #[arg(long, value_enum, default_value_t = FormatChoice::Text)]
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = FormatChoice::Text)]
     format: FormatChoice,
 
     /// Show what clients send as a hex dump (offset, hex bytes, printable column)
@@ -91,7 +158,7 @@ pub struct Args {
     timestamps: bool,
 
     /// Color client numbers: auto (on a terminal, unless NO_COLOR is set), always, never
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    #[arg(long, value_name = "COLOR", value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
 
     /// Send every byte a client sends back to it
@@ -99,12 +166,12 @@ pub struct Args {
     echo: bool,
 
     /// Append messages to FILE instead of writing them to stdout
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     output: Option<PathBuf>,
 
-    /// Log the time left and the clients connected every INTERVAL (default 1m when given)
-    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1m",
-          value_parser = parse_positive_duration)]
+    /// Log the time left and the clients connected this often (1m when given without a value)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "1m",
+          value_parser = parse_positive_duration, value_hint = ValueHint::Other)]
     progress: Option<Duration>,
 
     /// Print a completion script for SHELL to stdout and exit
@@ -119,9 +186,78 @@ pub struct Args {
     #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 
-    /// Log less on stderr (-q warnings and errors only, -qq errors only)
+    /// Log less on stderr (-q warnings, errors and the listening line, -qq errors only, -qqq
+    /// nothing)
     #[arg(short, long, action = ArgAction::Count)]
     quiet: u8,
+}
+
+/// The parsed command line: [`Flags`] as clap derives them, plus the one check clap cannot
+/// state, `--raw` with `--format json` (`--raw --format text` is fine: text is the default).
+#[derive(Debug)]
+pub struct Args(Flags);
+
+impl CommandFactory for Args {
+    fn command() -> Command {
+        Flags::command()
+    }
+
+    fn command_for_update() -> Command {
+        Flags::command_for_update()
+    }
+}
+
+impl FromArgMatches for Args {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let flags = Flags::from_arg_matches(matches)?;
+        flags.check()?;
+        Ok(Args(flags))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)?;
+        self.0.check()
+    }
+}
+
+impl Parser for Args {}
+
+impl Flags {
+    /// Rejects `--raw --format json`: JSON escapes by its own rules, so raw bytes cannot go
+    /// there. An error of clap's kind, so it is printed and exits (status 2) like clap's own.
+    fn check(&self) -> Result<(), clap::Error> {
+        if self.raw && self.format == FormatChoice::Json {
+            return Err(clap::Error::raw(
+                ErrorKind::ArgumentConflict,
+                "the argument '--raw' cannot be used with '--format json'",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The text after the options in `--help`: examples, installing, exit statuses, environment.
+fn epilogue() -> String {
+    let width = EXAMPLES.iter().map(|(command, _)| command.len()).max();
+    let width = width.unwrap_or_default();
+    let mut text = String::from("Examples:\n");
+    for (command, what) in EXAMPLES {
+        text.push_str(&format!("  {command:<width$}  {what}\n"));
+    }
+    text.push_str("\nInstall the bash completions and the manual page:\n");
+    for line in INSTALL.lines() {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text.push_str("\nExit status:\n");
+    for (status, when) in EXIT_STATUSES {
+        text.push_str(&format!("  {status:<3}  {when}\n"));
+    }
+    text.push_str("\nEnvironment:\n");
+    for (name, what) in ENVIRONMENT {
+        text.push_str(&format!("  {name}  {what}\n"));
+    }
+    text.pop();
+    text
 }
 
 /// `--format` values.
@@ -160,7 +296,7 @@ pub enum Extra {
 impl Args {
     /// Whether the arguments ask for a completion script or the manual page instead of a run.
     pub fn extra(&self) -> Option<Extra> {
-        match (self.completions, self.man) {
+        match (self.0.completions, self.0.man) {
             (Some(shell), _) => Some(Extra::Completions(shell)),
             (None, true) => Some(Extra::Man),
             (None, false) => None,
@@ -169,7 +305,7 @@ impl Args {
 
     /// The file to append messages to, if not stdout.
     pub fn output_path(&self) -> Option<&std::path::Path> {
-        self.output.as_deref()
+        self.0.output.as_deref()
     }
 
     /// How much to log: info, stepped up by `-v` and down by `-q`.
@@ -182,49 +318,63 @@ impl Args {
             LevelFilter::Debug,
             LevelFilter::Trace,
         ];
-        let index = 3 + i32::from(self.verbose) - i32::from(self.quiet);
+        let index = 3 + i32::from(self.0.verbose) - i32::from(self.0.quiet);
         LEVELS[index.clamp(0, 5) as usize]
     }
 
     /// The validated configuration these arguments describe. Color is decided here, from
     /// `--color`, whether stdout is a terminal, and `NO_COLOR`.
     pub fn into_config(self) -> Config {
-        let terminal = self.output.is_none() && std::io::stdout().is_terminal();
+        let flags = self.0;
+        let terminal = flags.output.is_none() && std::io::stdout().is_terminal();
         let no_color = std::env::var("NO_COLOR").ok();
-        let format = match (self.hex, self.format) {
+        let format = match (flags.hex, flags.format) {
             (true, _) => Format::Hex,
             (false, FormatChoice::Json) => Format::Json,
             (false, FormatChoice::Text) => Format::Text,
         };
         Config {
-            addr: SocketAddr::new(self.host, self.port),
-            duration: (!self.duration.is_zero()).then_some(self.duration),
-            backlog: self.backlog,
-            max_conns: self.max_conns,
-            access: AccessRules::new(self.allow, self.deny),
-            progress: self.progress,
+            addr: SocketAddr::new(flags.host, flags.port),
+            duration: (!flags.duration.is_zero()).then_some(flags.duration),
+            backlog: flags.backlog,
+            max_conns: flags.max_conns,
+            access: AccessRules::new(flags.allow, flags.deny),
+            progress: flags.progress,
             worker: WorkerSettings {
-                poll_interval: self.poll_interval,
-                idle_timeout: self.idle_timeout,
-                max_line: self.max_line,
+                poll_interval: flags.poll_interval,
+                idle_timeout: flags.idle_timeout,
+                max_line: flags.max_line,
                 output: OutputOptions {
                     format,
-                    style: if self.raw { Style::Raw } else { Style::Escaped },
-                    timestamps: self.timestamps,
+                    style: if flags.raw {
+                        Style::Raw
+                    } else {
+                        Style::Escaped
+                    },
+                    timestamps: flags.timestamps,
                     color: format != Format::Json
-                        && self.color.resolve(terminal, no_color.as_deref()),
+                        && flags.color.resolve(terminal, no_color.as_deref()),
                 },
-                echo: self.echo,
+                echo: flags.echo,
             },
         }
     }
 }
 
-/// An IP address, or a host name resolved to its first address.
+/// An IP address, or a host name resolved to its first address. An address with a port
+/// (`127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`) gets a hint at `--port` instead.
 fn parse_host(text: &str) -> Result<IpAddr, String> {
     let literal = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
     if let Ok(ip) = literal.unwrap_or(text).parse() {
         return Ok(ip);
+    }
+    if let Some((host, port)) = split_port(text) {
+        let host = if host.is_empty() {
+            String::new()
+        } else {
+            format!("--host {host} ")
+        };
+        return Err(format!("give the port with --port ({host}--port {port})"));
     }
     let mut addrs = (text, 0)
         .to_socket_addrs()
@@ -233,6 +383,28 @@ fn parse_host(text: &str) -> Result<IpAddr, String> {
         .next()
         .map(|addr| addr.ip())
         .ok_or_else(|| String::from("the host name has no address"))
+}
+
+/// The host and the port of `HOST:PORT` or `[IPV6]:PORT`, the way addresses are written
+/// elsewhere; `None` for anything else (a bare IPv6 address has colons but no port).
+fn split_port(text: &str) -> Option<(&str, &str)> {
+    let (host, port) = text.rsplit_once(':')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ipv6) => ipv6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+            .then_some((ipv6, port)),
+        None => (!host.contains([':', '[', ']'])).then_some((host, port)),
+    }
+}
+
+/// A port number; anything else (`-1`, `70000`, `http`) gets the range.
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse()
+        .map_err(|_| String::from("a port is a number from 0 to 65535 (0 takes a free port)"))
 }
 
 /// A size in bytes: `4096`, `64KiB`, `1MiB` (`K`/`KB`/`M`/`MB` are read as powers of 1024 too).
@@ -265,18 +437,244 @@ fn parse_count(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A duration such as `90s` or `1h30m`; `0` means no limit.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|_| {
+        format!("write a duration like {DURATION_FORMS}, or 0 to run until Ctrl-C/SIGTERM")
+    })
+}
+
+/// A duration more than zero.
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
-        Ok(d) if d.is_zero() => Err(String::from("must be more than 0")),
+        Ok(d) if d.is_zero() => Err(format!("must be more than 0, such as {DURATION_FORMS}")),
         Ok(d) => Ok(d),
-        Err(err) => Err(err.to_string()),
+        Err(_) => Err(format!("write a duration like {DURATION_FORMS}")),
     }
+}
+
+/// A completion script for `shell`. bash gets host names for host-name values, which
+/// clap_complete leaves to file-name completion there.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut command = Args::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "overhear", &mut script);
+    if shell != clap_complete::Shell::Bash {
+        return script;
+    }
+    let flags: Vec<String> = command
+        .get_arguments()
+        .filter(|arg| arg.get_value_hint() == ValueHint::Hostname)
+        .flat_map(|arg| {
+            let long = arg.get_long().map(|long| format!("--{long})"));
+            let short = arg.get_short().map(|short| format!("-{short})"));
+            long.into_iter().chain(short)
+        })
+        .collect();
+    complete_hostnames(&String::from_utf8_lossy(&script), &flags).into_bytes()
+}
+
+/// `script` with the file-name completion that follows each `case` label in `labels`
+/// (`--host)`) replaced by bash's host-name completion.
+fn complete_hostnames(script: &str, labels: &[String]) -> String {
+    const FILES: &str = r#"COMPREPLY=($(compgen -f "${cur}"))"#;
+    const HOSTS: &str = r#"COMPREPLY=($(compgen -A hostname -- "${cur}"))"#;
+    let mut out = String::with_capacity(script.len());
+    let mut after_label = false;
+    for line in script.split_inclusive('\n') {
+        if after_label && line.trim() == FILES {
+            out.push_str(&line.replacen(FILES, HOSTS, 1));
+        } else {
+            out.push_str(line);
+        }
+        after_label = labels.iter().any(|label| line.trim() == label);
+    }
+    out
+}
+
+/// The manual page (roff): clap_mangen's title, name, description, options and version, a
+/// synopsis with value names, and sections of its own for the output format, exit status,
+/// environment and examples.
+pub fn manual_page() -> Vec<u8> {
+    let mut command = Args::command();
+    // Built, the arguments know how many values they take (for the synopsis).
+    command.build();
+    let man = clap_mangen::Man::new(command.clone());
+    let sections = [
+        rendered(|w| man.render_title(w)),
+        rendered(|w| man.render_name_section(w)),
+        synopsis(&command).into_bytes(),
+        rendered(|w| man.render_description_section(w)),
+        rendered(|w| man.render_options_section(w)),
+        manual_sections().into_bytes(),
+        rendered(|w| man.render_version_section(w)),
+    ];
+    let mut page = ROFF_PREAMBLE.as_bytes().to_vec();
+    for section in &sections {
+        // clap_mangen starts every section with the preamble; the page needs it once.
+        let body = section.strip_prefix(ROFF_PREAMBLE.as_bytes());
+        page.extend_from_slice(body.unwrap_or(section));
+    }
+    page
+}
+
+/// What one of clap_mangen's `render_*` methods writes.
+fn rendered(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Vec<u8> {
+    let mut text = Vec::new();
+    render(&mut text).expect("writing to memory cannot fail");
+    text
+}
+
+/// What the roff crate (under clap_mangen) puts before every rendering: a string `Aq` holding
+/// an apostrophe, which the text below uses too.
+const ROFF_PREAMBLE: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+
+/// The SYNOPSIS section: a run with every option and its value name, then each option that
+/// stands alone (`--man`, `--help`) on a line of its own.
+fn synopsis(command: &Command) -> String {
+    let name = command.get_name();
+    let (alone, options): (Vec<_>, Vec<_>) = command
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set() && !arg.is_positional())
+        .partition(|arg| {
+            arg.is_exclusive_set()
+                || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
+        });
+    let mut text = String::from(".SH SYNOPSIS\n");
+    // Lines break between options only (`\%` keeps a word whole), and are not justified.
+    text.push_str(".na\n");
+    text.push_str(&format!("\\%\\fB{name}\\fR"));
+    for arg in options {
+        text.push_str(&format!("\n\\%[{}]", synopsis_option(arg)));
+    }
+    for arg in alone {
+        text.push_str(&format!(
+            "\n.br\n\\%\\fB{name}\\fR \\%{}",
+            synopsis_option(arg)
+        ));
+    }
+    text.push_str("\n.ad\n");
+    text
+}
+
+/// One option in the synopsis: `-p|--port PORT`, `--progress [DURATION]`, `-v...`, with the
+/// unbreakable spaces of roff (`\ `).
+fn synopsis_option(arg: &clap::Arg) -> String {
+    let mut names = Vec::new();
+    if let Some(short) = arg.get_short() {
+        names.push(format!("\\fB\\-{}\\fR", roff_escape(&short.to_string())));
+    }
+    if let Some(long) = arg.get_long() {
+        names.push(format!("\\fB\\-\\-{}\\fR", roff_escape(long)));
+    }
+    let mut text = names.join("|");
+    let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+    if takes_value && !matches!(arg.get_action(), ArgAction::Count | ArgAction::SetTrue) {
+        let value = arg
+            .get_value_names()
+            .map_or_else(|| arg.get_id().to_string(), |names| names.join(" "));
+        let value = format!("\\fI{}\\fR", roff_escape(&value));
+        let optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
+        if optional {
+            text.push_str(&format!("\\ [{value}]"));
+        } else {
+            text.push_str(&format!("\\ {value}"));
+        }
+    }
+    if matches!(arg.get_action(), ArgAction::Count) {
+        // `\&` keeps roff from taking the dots for the end of a sentence.
+        text.push_str("...\\&");
+    }
+    text
+}
+
+/// OUTPUT FORMAT, EXIT STATUS, ENVIRONMENT and EXAMPLES, in roff.
+fn manual_sections() -> String {
+    let mut text = String::from(".SH \"OUTPUT FORMAT\"\n");
+    for paragraph in OUTPUT_FORMAT.split("\n\n") {
+        text.push_str(&format!(
+            ".PP\n{}\n",
+            roff_escape(&paragraph.replace('\n', " "))
+        ));
+    }
+    text.push_str(".SH \"EXIT STATUS\"\n");
+    for (status, when) in EXIT_STATUSES {
+        text.push_str(&format!(".TP\n\\fB{status}\\fR\n{}\n", roff_escape(when)));
+    }
+    text.push_str(".SH ENVIRONMENT\n");
+    for (name, what) in ENVIRONMENT {
+        text.push_str(&format!(".TP\n\\fB{name}\\fR\n{}\n", roff_escape(what)));
+    }
+    text.push_str(".SH EXAMPLES\n");
+    for (command, what) in EXAMPLES {
+        let what = roff_escape(&capitalized(what));
+        text.push_str(&format!(".TP\n\\fB{}\\fR\n{what}.\n", roff_escape(command)));
+    }
+    text.push_str(".PP\nInstall the bash completions and the manual page:\n.PP\n.RS 4\n.nf\n");
+    for line in INSTALL.lines() {
+        text.push_str(&format!("{}\n", roff_escape(line)));
+    }
+    text.push_str(".fi\n.RE\n");
+    text
+}
+
+/// What the manual says about stdout and stderr, in paragraphs (README has the details).
+const OUTPUT_FORMAT: &str = "\
+stdout carries client messages only, one per line: [N] message, where N is the client's
+number: 1, 2, 3, ... in the order clients connected, never reused in a run. A message ends
+at a newline; a carriage return right before it is dropped. A last message without a
+newline is printed when the client closes or the server stops.
+
+A message longer than --max-line bytes is printed in pieces of that many bytes: the first
+as [N], the ones after it as [N+]. A message the stop cut off while the client was still
+sending it is printed as [N!] ([N+!] for a piece). Lines are written whole: two messages
+never share a line.
+
+Control bytes, DEL, C1 controls and bytes that are not valid UTF-8 are printed as \\xNN, and
+a backslash as \\\\, so the escaping is lossless and no client can control the terminal.
+--raw prints the bytes unchanged.
+
+--format json writes JSON Lines: one object per event (connect, message, disconnect,
+refused, summary), each with ts and event. A message has data, or data_b64 when it is not
+valid UTF-8, and eol, the line end that followed it. --hex prints each read as a hex dump,
+16 bytes to a row, as hexdump -C shows them. --timestamps starts each text or hex line with
+an RFC 3339 UTC time.
+
+stderr carries the log: \"listening on ADDR\" once bound (also with -q), \"client N connected
+from PEER\", \"client N disconnected (REASON)\", refused connections, and at the end a summary
+and a table of the clients served.";
+
+/// `text` with roff's special characters escaped: backslash, minus, apostrophe, and a period
+/// or apostrophe at the start of a line.
+fn roff_escape(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\e")
+        .replace('-', "\\-")
+        .replace('\'', "\\*(Aq");
+    escaped
+        .lines()
+        .map(|line| {
+            if line.starts_with('.') {
+                format!("\\&{line}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_valid() {
@@ -419,5 +817,107 @@ mod tests {
         assert_eq!(level(&["-q"]), LevelFilter::Warn);
         assert_eq!(level(&["-qqq"]), LevelFilter::Off);
         assert!(parse(&["-v", "-q"]).is_err());
+    }
+
+    #[test]
+    fn an_address_with_a_port_gets_a_hint() {
+        let hint = |host: &str| parse_host(host).expect_err("a port in --host");
+        assert_eq!(
+            hint("127.0.0.1:8080"),
+            "give the port with --port (--host 127.0.0.1 --port 8080)"
+        );
+        assert_eq!(
+            hint("[::1]:8080"),
+            "give the port with --port (--host ::1 --port 8080)"
+        );
+        assert_eq!(
+            hint("localhost:80"),
+            "give the port with --port (--host localhost --port 80)"
+        );
+        assert_eq!(hint(":8080"), "give the port with --port (--port 8080)");
+        assert_eq!(split_port("::1"), None);
+        assert_eq!(split_port("[::1]"), None);
+        assert_eq!(split_port("localhost:http"), None);
+    }
+
+    #[test]
+    fn ports_and_durations_say_what_they_take() {
+        assert_eq!(parse_port("0"), Ok(0));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for port in ["-1", "70000", "http", ""] {
+            let err = parse_port(port).expect_err("not a port");
+            assert!(err.contains("0 to 65535"), "{port}: {err}");
+        }
+        let err = parse(&["-p", "-1"]).expect_err("negative port");
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let err = parse_duration("abc").expect_err("not a duration");
+        assert!(err.contains("500ms, 90s, 2m or 1h30m, or 0"), "{err}");
+        let err = parse_positive_duration("abc").expect_err("not a duration");
+        assert!(err.contains("500ms, 90s, 2m or 1h30m"), "{err}");
+    }
+
+    #[test]
+    fn raw_goes_with_text_but_not_json_or_hex() {
+        let config = parse(&["--raw", "--format", "text"])
+            .expect("raw text is the default made explicit")
+            .into_config();
+        assert_eq!(config.worker.output.style, Style::Raw);
+        assert_eq!(config.worker.output.format, Format::Text);
+        let err = parse(&["--raw", "--format", "json"]).expect_err("raw JSON");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let err = parse(&["--format", "json", "--raw"]).expect_err("raw JSON");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        let err = parse(&["--raw", "--hex"]).expect_err("raw hex");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn help_epilogue_fits_80_columns() {
+        for line in epilogue().lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line}", line.len());
+        }
+        assert!(epilogue().contains("mkdir -p ~/.local/share/bash-completion/completions\n"));
+    }
+
+    #[test]
+    fn bash_gets_host_names_only_after_host_labels() {
+        let files = r#"COMPREPLY=($(compgen -f "${cur}"))"#;
+        let script = format!("  --host)\n    {files}\n  --output)\n    {files}\n");
+        let done = complete_hostnames(&script, &[String::from("--host)")]);
+        assert_eq!(
+            done,
+            format!(
+                "  --host)\n    COMPREPLY=($(compgen -A hostname -- \"${{cur}}\"))\n  \
+                 --output)\n    {files}\n"
+            )
+        );
+    }
+
+    #[test]
+    fn roff_text_is_escaped() {
+        assert_eq!(roff_escape("-q it's \\x1b"), "\\-q it\\*(Aqs \\ex1b");
+        assert_eq!(roff_escape("a\n.b\n'c"), "a\n\\&.b\n\\*(Aqc");
+        assert_eq!(capitalized("listen"), "Listen");
+    }
+
+    #[test]
+    fn manual_has_its_sections_once() {
+        let page = String::from_utf8(manual_page()).expect("roff is UTF-8");
+        for heading in [
+            ".SH NAME",
+            ".SH SYNOPSIS",
+            ".SH DESCRIPTION",
+            ".SH OPTIONS",
+            ".SH \"OUTPUT FORMAT\"",
+            ".SH \"EXIT STATUS\"",
+            ".SH ENVIRONMENT",
+            ".SH EXAMPLES",
+            ".SH VERSION",
+        ] {
+            assert_eq!(page.matches(heading).count(), 1, "{heading} in\n{page}");
+        }
+        assert!(!page.contains(".SH EXTRA"));
+        assert_eq!(page.matches(ROFF_PREAMBLE).count(), 1);
+        assert!(page.starts_with(ROFF_PREAMBLE));
     }
 }

@@ -226,3 +226,28 @@ fn starts_with(args: &std::fmt::Arguments<'_>, prefix: &str) -> bool {
     let _ = std::fmt::write(&mut rest, *args);
     rest.0.is_empty()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::starts_with;
+
+    #[test]
+    fn prefix_is_found_across_formatting_pieces() {
+        // Not literals, so each is a piece of its own when formatted.
+        let (addr, list, ening) = ("127.0.0.1:7878", "list", "ening");
+        assert!(starts_with(
+            &format_args!("listening on {addr}; connect"),
+            "listening on "
+        ));
+        assert!(starts_with(
+            &format_args!("{list}{ening} on x"),
+            "listening on "
+        ));
+        assert!(!starts_with(
+            &format_args!("client {} connected", 1),
+            "listening on "
+        ));
+        assert!(!starts_with(&format_args!("listening"), "listening on "));
+        assert!(starts_with(&format_args!("anything"), ""));
+    }
+}

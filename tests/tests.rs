@@ -7,6 +7,7 @@ mod clients;
 mod common;
 mod descriptors;
 mod edges;
+mod first_hour;
 mod limits;
 mod listener;
 mod output_modes;

@@ -705,7 +705,7 @@ impl Drop for Netcat {
 }
 
 /// The port process `pid` listens on (IPv4 TCP), if it listens yet: a listening socket among
-/// its descriptors, found in `/proc/PID/net/tcp`. For runs whose log does not say it (`-q`).
+/// its descriptors, found in `/proc/PID/net/tcp`. For runs whose log does not say it (`-qq`).
 pub fn listening_port(pid: u32) -> Option<u16> {
     let sockets: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
