@@ -184,8 +184,7 @@ pub struct Worker {
     /// yet.
     draining: bool,
     owed: u64,
-    /// Time spent handing lines to the output after the stop, until the owed bytes were read;
-    /// the drain limit leaves it out.
+    /// Time spent handing the owed bytes' lines to the output; the drain limit leaves it out.
     output_wait: Duration,
     /// Messages formatted into `lines` since the last hand-over.
     unhanded: u64,
@@ -333,7 +332,7 @@ impl Worker {
             match wake {
                 Wake::Stop => return self.drain(),
                 Wake::Timeout => {}
-                Wake::Readable => match self.read_available(false) {
+                Wake::Readable => match self.read_available() {
                     Ok(Some(end)) => return end,
                     Ok(None) => {}
                     Err(err) => return End::Failed(err),
@@ -359,13 +358,17 @@ impl Worker {
         }
     }
 
-    /// Reads until the socket has nothing more, the per-wake budget is spent, or (when
-    /// `draining`) every owed byte is read and the drain limit has passed, writing the formatted
-    /// lines of each read. Returns how the connection ended, if it did.
-    fn read_available(&mut self, draining: bool) -> io::Result<Option<End>> {
+    /// Reads until the socket has nothing more, the per-wake budget is spent, a stop comes (while
+    /// serving), or every owed byte is read and the drain limit has passed (while draining),
+    /// writing the formatted lines of each read. Returns how the connection ended, if it did.
+    fn read_available(&mut self) -> io::Result<Option<End>> {
         let mut total = 0;
         let mut end = None;
         for _ in 0..READS_PER_WAKE {
+            // A stop ends the batch: what is left is the drain's to read, under its rules.
+            if !self.draining && self.shutdown.is_requested() {
+                break;
+            }
             if self.buf.is_empty() {
                 self.buf = vec![0; READ_CHUNK];
             }
@@ -381,9 +384,11 @@ impl Worker {
                     }
                     self.burst += n;
                     self.heard = Instant::now();
-                    self.owed = self.owed.saturating_sub(n as u64);
                     self.consume(n);
                     self.hand_over();
+                    // After the hand-over, so the output wait of the last owed bytes is left out
+                    // of the drain limit too.
+                    self.owed = self.owed.saturating_sub(n as u64);
                     if n == self.buf.len() && n < READ_CHUNK_MAX {
                         // More is waiting, most likely: read it in larger pieces, if allowed.
                         if self.large.is_none() {
@@ -393,7 +398,7 @@ impl Worker {
                             self.buf = vec![0; (2 * n).min(READ_CHUNK_MAX)];
                         }
                     }
-                    if draining && self.owed == 0 && self.past_drain_limit() {
+                    if self.draining && self.owed == 0 && self.past_drain_limit() {
                         break;
                     }
                 }
@@ -477,8 +482,8 @@ impl Worker {
         }
     }
 
-    /// Writes the formatted lines out (blocking while the output is slow). After a stop, until
-    /// the bytes owed are read, the time this takes is left out of the drain limit.
+    /// Writes the formatted lines out (blocking while the output is slow). During the drain,
+    /// while bytes are owed, the time this takes is left out of the drain limit.
     fn hand_over(&mut self) {
         if self.lines.is_empty() {
             return;
@@ -489,10 +494,8 @@ impl Worker {
         }
         self.lines.clear();
         self.unhanded = 0;
-        if !self.draining || self.owed > 0 {
-            if let Some(stop) = self.shutdown.requested_at() {
-                self.output_wait += Instant::now().saturating_duration_since(began.max(stop));
-            }
+        if self.draining && self.owed > 0 {
+            self.output_wait += began.elapsed();
         }
     }
 
@@ -506,8 +509,8 @@ impl Worker {
     /// it delivered), however long the output takes to print them; then what the client still
     /// sends, until the socket stays quiet for [`DRAIN_GRACE`] (an idle client: not at all) or
     /// [`DRAIN_LIMIT`] has passed since the stop, not counting the time spent waiting for the
-    /// output before that. A client that keeps sending faster than the output takes it is cut
-    /// off then; one that stopped sending before the stop never is.
+    /// output to take the owed bytes. A client that keeps sending is cut off then; one that
+    /// stopped sending before the stop never is.
     fn drain(&mut self) -> End {
         self.draining = true;
         self.owed = match rustix::io::ioctl_fionread(&self.stream) {
@@ -537,7 +540,7 @@ impl Worker {
                     Err(err) => return End::Failed(err),
                 }
             }
-            match self.read_available(true) {
+            match self.read_available() {
                 Ok(Some(end)) => return end,
                 Ok(None) => {}
                 Err(err) => return End::Failed(err),

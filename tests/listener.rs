@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -142,42 +143,66 @@ fn a_stop_logs_each_disconnected_client_once_in_client_order() {
     }
 }
 
+/// The bytes in `stream`'s send queue that the peer has not acknowledged (`SIOCOUTQ`).
+fn unacknowledged(stream: &TcpStream) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one c_int through the pointer, which points
+    // to a live local; the descriptor is borrowed from `stream`, open for the whole call.
+    let status = unsafe {
+        libc::ioctl(
+            stream.as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut queued as *mut libc::c_int,
+        )
+    };
+    assert_eq!(
+        status,
+        0,
+        "ioctl(TIOCOUTQ) failed: {}",
+        std::io::Error::last_os_error()
+    );
+    usize::try_from(queued).expect("a queue length is not negative")
+}
+
+// The stop must still be under way when the second signal comes, whatever the machine's speed:
+// nobody reads the server's stdout, and the client has had more bytes acknowledged by the
+// server's kernel than the pipe holds. A stop prints every such byte before it ends, so it
+// blocks on the full pipe until the second signal ends the process.
 #[test]
 fn second_signal_during_shutdown_exits_130_at_once() {
-    let mut server = Spawned::start(&[]);
-    let flood = server.connect_numbered(1);
-    // A client that never stops sending keeps its worker draining after the stop for its whole
-    // drain limit (2 s): the window for the second signal.
-    let stop_flood = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flooder = {
-        let stop_flood = std::sync::Arc::clone(&stop_flood);
-        let mut stream = flood.try_clone().expect("a second handle on the socket");
-        thread::spawn(move || {
-            let chunk = "x".repeat(8191) + "\n";
-            let deadline = Instant::now() + LONG_TIMEOUT;
-            while !stop_flood.load(std::sync::atomic::Ordering::Relaxed)
-                && Instant::now() < deadline
-            {
-                if stream.write_all(chunk.as_bytes()).is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    server.wait_stdout("[1] xxx", TIMEOUT);
+    let mut server = Spawned::start_with_own_stdout(&[]);
+    // Kept open and never read until the server has exited.
+    let unread = server.take_stdout();
+    let room = rustix::pipe::fcntl_getpipe_size(&unread).expect("the size of the stdout pipe");
+    let mut client = server.connect_numbered(1);
+    let line = "x".repeat(1023) + "\n";
+    let mut written = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    // A send could only block for good once the worker is stuck on the full pipe and the
+    // server's receive buffer is full as well; by then the server's kernel has acknowledged
+    // about a pipe's worth plus that buffer (tens of KB), so the loop has ended before.
+    while written - unacknowledged(&client) <= room {
+        assert!(
+            written <= 64 * room && Instant::now() < deadline,
+            "{written} bytes sent, only {} acknowledged",
+            written - unacknowledged(&client)
+        );
+        send(&mut client, line.as_bytes());
+        written += line.len();
+    }
     server.signal(Signal::TERM);
-    server.wait_stderr("signal received", TIMEOUT);
+    // Logged once the stop is requested; the stop then waits for the output.
+    server.wait_stderr("signal received, stopping", TIMEOUT);
     server.signal(Signal::TERM);
     let finished = server.wait_exit(TIMEOUT);
-    stop_flood.store(true, std::sync::atomic::Ordering::Relaxed);
-    flooder.join().expect("the flooding client");
+    drop(unread);
     assert_eq!(finished.status.code(), Some(130), "{finished}");
     finished.assert_stderr_has("second signal received, exiting at once");
     assert!(
-        !finished.stderr.contains("served 1 clients"),
+        !finished.stderr.contains("served "),
         "the summary means the second signal waited for the shutdown\n{finished}"
     );
-    drop(flood);
+    drop(client);
 }
 
 const WRITERS: usize = 8;
@@ -279,7 +304,8 @@ fn nothing_is_lost_when_stopping_after_the_writes_returned() {
 
 /// Checks a stream of `[N] c{N-1}-{j}{PAD}` lines as it is read: per client, messages 0..k in
 /// order, no hole, no repeat, nothing else; only the last message of a client may be cut short
-/// (the unfinished line the server held when it stopped, printed as far as it got).
+/// (the unfinished line the server held when it stopped, printed as far as it got, marked
+/// `[N!]` when the drain limit cut it off).
 #[derive(Debug, Default)]
 struct StreamCheck {
     /// Per client: the next message number expected.
@@ -292,17 +318,26 @@ struct StreamCheck {
 impl StreamCheck {
     fn line(&mut self, line: &str) -> Result<(), String> {
         self.lines += 1;
+        // `[N!] ` marks a message the drain limit cut off while the client was sending it.
         let parsed = line
             .strip_prefix('[')
             .and_then(|rest| rest.split_once("] "))
-            .and_then(|(n, message)| Some((n.parse::<usize>().ok()?, message)));
-        let Some((n, printed)) = parsed.filter(|(n, _)| (1..=WRITERS).contains(n)) else {
+            .and_then(|(n, message)| {
+                let (n, marked) = n.strip_suffix('!').map_or((n, false), |n| (n, true));
+                Some((n.parse::<usize>().ok()?, marked, message))
+            });
+        let Some((n, marked, printed)) = parsed.filter(|(n, _, _)| (1..=WRITERS).contains(n))
+        else {
             return Err(format!("malformed line {line:?}"));
         };
         let i = n - 1;
         let sent = message(i, self.next[i], PAD);
         if self.cut[i] {
             Err(format!("client {n}: {printed:?} after a cut-short message"))
+        } else if marked && !(sent.starts_with(printed) && printed.len() < sent.len()) {
+            Err(format!(
+                "client {n}: {printed:?} marked cut, expected part of {sent:?}"
+            ))
         } else if printed == sent {
             self.next[i] += 1;
             Ok(())
