@@ -539,18 +539,30 @@ impl Worker {
                     Ok(_) => {}
                     Err(err) => return End::Failed(err),
                 }
+                // Readable with nothing owed: bytes (or the close) that came after the drain
+                // began. Past the limit, only a close is still taken.
+                if self.past_drain_limit() && !self.closed_by_client() {
+                    warn!("{} still sending after the stop; closing", self.id);
+                    return End::Cut;
+                }
             }
             match self.read_available() {
                 Ok(Some(end)) => return end,
                 Ok(None) => {}
                 Err(err) => return End::Failed(err),
             }
-            if self.owed == 0 && self.past_drain_limit() {
-                warn!("{} still sending after the stop; closing", self.id);
-                return End::Cut;
-            }
             grace = DRAIN_GRACE;
         }
+    }
+
+    /// Whether the client has closed its side with nothing left to read: a readable socket
+    /// whose next read would return end of file.
+    fn closed_by_client(&self) -> bool {
+        let mut byte = [0; 1];
+        matches!(
+            rustix::net::recv(&self.stream, &mut byte, rustix::net::RecvFlags::PEEK),
+            Ok((0, _))
+        )
     }
 
     /// Sends a pending (delayed) ACK now, where the system allows it, so a client held back by
