@@ -1221,7 +1221,7 @@ impl Drop for QuietServer {
 }
 
 #[test]
-#[ignore = "soak: 100,000 connections, run with cargo test --test tests -- --ignored soak"]
+#[ignore = "soak: 100,000 connections, run with cargo test --release --test tests -- --ignored soak"]
 fn soak_100k_connections() {
     const THREADS: usize = 8;
     const PER_THREAD: usize = 12_500;
