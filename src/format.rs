@@ -259,8 +259,6 @@ impl ClientFormat {
 pub struct ClientTotals {
     pub messages: u64,
     pub bytes: u64,
-    /// Messages received but not written, because the output had failed.
-    pub unwritten: u64,
     pub connected_for: Duration,
 }
 

@@ -35,7 +35,7 @@ pub mod error;
 pub mod format;
 pub mod framing;
 pub mod output;
-pub mod platform;
+mod platform;
 mod poll;
 pub mod server;
 pub mod shutdown;
@@ -45,6 +45,7 @@ pub mod worker;
 
 pub use config::Config;
 pub use error::Error;
+pub use platform::{ignore_file_size_signal, raise_fd_limit};
 pub use server::Server;
 pub use shutdown::{Shutdown, StopReason};
 pub use summary::Summary;

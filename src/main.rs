@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     if let Some(extra) = args.extra() {
         return print_extra(extra);
     }
-    overhear::shutdown::ignore_file_size_signal();
+    overhear::ignore_file_size_signal();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -37,7 +37,7 @@ fn run(args: Args) -> Result<(), Error> {
     // output's writer, so no log line lands inside a data line.
     let route = same_file(&sink, &std::io::stderr()).then(LogRoute::default);
     init_logging(args.log_level(), route.clone());
-    if let Some(limit) = overhear::platform::raise_fd_limit() {
+    if let Some(limit) = overhear::raise_fd_limit() {
         log::debug!("open-file limit: {limit}");
     }
     let mut server = Server::bind(args.into_config())?;
@@ -88,13 +88,9 @@ fn was_closed(file: &std::fs::File) -> bool {
 }
 
 /// Whether `a` and `b` are the same open file (device and inode), as after `2>&1`.
-fn same_file(a: &std::fs::File, b: &impl std::os::fd::AsFd) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(b) = b.as_fd().try_clone_to_owned().map(std::fs::File::from) else {
-        return false;
-    };
-    match (a.metadata(), b.metadata()) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+fn same_file(a: &impl std::os::fd::AsFd, b: &impl std::os::fd::AsFd) -> bool {
+    match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
         _ => false,
     }
 }

@@ -5,11 +5,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
-
-use log::warn;
 
 use crate::error::Error;
 use crate::platform;
@@ -137,46 +135,55 @@ const PENDING_LIMIT: usize = 1024 * 1024;
 /// the parent is waited on until it takes more, as a blocking one would be.
 ///
 /// A regular file on a local file system that keeps every `write(2)` whole (ext4, xfs, btrfs,
-/// tmpfs, …; see [`platform::keeps_writes_whole`]) needs no writer role: every worker writes its own lines
-/// with one `write(2)` at a time, all at once. Linux holds the file's lock for the whole of each
-/// buffered write and moves a shared file offset atomically, so writes never interleave or
-/// overlap; such a file only takes part of a write when it fails (disk full), which stops the run
-/// anyway. This keeps the kernel's copy into the page cache going from every worker, where one
-/// writer at a time stalled the whole pipeline whenever that thread was descheduled. Should a
-/// write come back short anyway, every later write goes through the writer role. A regular file
-/// is synced at the end ([`Output::finish`]): a network file system may report a failed write
-/// only then.
+/// tmpfs, …; see [`platform::keeps_writes_whole`]) needs no writer role: every worker writes its
+/// own lines with one `write(2)` at a time, all at once. Linux holds the file's lock for the
+/// whole of each buffered write and moves a shared file offset atomically, so writes never
+/// interleave or overlap; such a file only takes part of a write when it fails (disk full), and
+/// a short write there fails the run rather than risk a torn line. This keeps the kernel's copy
+/// into the page cache going from every worker, where one writer at a time stalled the whole
+/// pipeline whenever that thread was descheduled. Every other file goes through the writer role.
+/// A regular file is synced at the end ([`Output::finish`]): a network file system may report a
+/// failed write only then.
 #[derive(Clone)]
 pub struct Output {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    /// The output file, if the sink is one: written directly while `direct` holds, or by the
-    /// writer role; synced at the end if it is a regular file.
-    file: Option<File>,
-    /// Whether workers write straight to `file`; cleared for good by a short write.
-    direct: AtomicBool,
-    /// Whether `file` is a regular file, to be synced at the end.
+    target: Target,
+    /// Whether workers write straight to the file, each with one `write(2)` at a time.
+    direct: bool,
+    /// Whether the output is a regular file, to be synced at the end.
     regular: bool,
-    /// Whether `file` is a pipe, whose reader the listener watches.
+    /// Whether the output is a pipe, whose reader the listener watches.
     fifo: bool,
     state: Mutex<Pending>,
     /// Signalled when the writer takes the pending lines (or gives up): there is room again.
     room: Condvar,
-    /// The writer of a [`Sink::Writer`]; used only by the current writer, so never contended.
-    sink: Mutex<Option<Box<dyn Write + Send>>>,
     /// Set once a write failed: later lines are discarded without trying.
     broken: AtomicBool,
+    /// Messages whose lines were discarded because a write failed.
+    unwritten: AtomicU64,
     /// The first write error other than the reader leaving; it makes the run fail.
     failure: Mutex<Option<io::Error>>,
     shutdown: Shutdown,
+}
+
+/// What the lines are written to.
+enum Target {
+    /// A file (or standard output as one): written directly, or by the writer of the moment,
+    /// who alone writes, so it needs no lock of its own.
+    File(File),
+    /// Any other writer; locked only by the writer of the moment, so never contended.
+    Writer(Mutex<Box<dyn Write + Send>>),
 }
 
 /// Lines waiting for the current writer.
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
+    /// How many messages `lines` holds, counted as unwritten if they are discarded.
+    messages: u64,
     /// Whether a worker is writing; it writes `lines` before it stops being the writer, or
     /// hands them on to a waiting worker, which writes them first.
     writing: bool,
@@ -199,27 +206,28 @@ impl Output {
     /// Output to `sink`. A failed write requests a stop through `shutdown` (a reader that went
     /// away is a normal stop).
     pub fn new(sink: Sink, shutdown: Shutdown) -> Output {
-        let (file, sink) = match sink {
-            Sink::File(file) => (Some(file), None),
-            Sink::Writer(writer) => (None, Some(writer)),
+        let kind = match &sink {
+            Sink::File(file) => file.metadata().ok().map(|m| m.file_type()),
+            Sink::Writer(_) => None,
         };
-        let kind = file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.file_type());
         let regular = kind.is_some_and(|k| k.is_file());
         let fifo = kind.is_some_and(|k| k.is_fifo());
-        let direct = regular && file.as_ref().is_some_and(platform::keeps_writes_whole);
+        let target = match sink {
+            Sink::File(file) => Target::File(file),
+            Sink::Writer(writer) => Target::Writer(Mutex::new(writer)),
+        };
+        let direct =
+            regular && matches!(&target, Target::File(f) if platform::keeps_writes_whole(f));
         Output {
             shared: Arc::new(Shared {
-                file,
-                direct: AtomicBool::new(direct),
+                target,
+                direct,
                 regular,
                 fifo,
                 state: Mutex::new(Pending::default()),
                 room: Condvar::new(),
-                sink: Mutex::new(sink),
                 broken: AtomicBool::new(false),
+                unwritten: AtomicU64::new(0),
                 failure: Mutex::new(None),
                 shutdown,
             }),
@@ -230,24 +238,40 @@ impl Output {
     /// to its writer's `poll(2)` once nobody can read it, so the run stops at once instead of at
     /// the next write.
     pub fn watched_pipe(&self) -> Option<BorrowedFd<'_>> {
-        let file = self.shared.file.as_ref()?;
-        self.shared.fifo.then(|| file.as_fd())
+        match &self.shared.target {
+            Target::File(file) if self.shared.fifo => Some(file.as_fd()),
+            _ => None,
+        }
     }
 
-    /// Writes whole lines: straight to a regular file, otherwise itself or by leaving them to the
-    /// worker that is writing, waiting only while the lines waiting are over [`PENDING_LIMIT`].
-    /// Returns false when the lines were discarded because an earlier write failed.
-    pub fn write(&self, lines: &[u8]) -> bool {
+    /// Messages received but not written, because a write failed (or the reader left).
+    pub fn unwritten(&self) -> u64 {
+        self.shared.unwritten.load(Ordering::Relaxed)
+    }
+
+    /// Writes whole lines holding `messages` messages: straight to a regular file, otherwise
+    /// itself or by leaving them to the worker that is writing, waiting only while the lines
+    /// waiting are over [`PENDING_LIMIT`]. After a failed write, discards them and counts their
+    /// messages as unwritten.
+    ///
+    /// Nothing here logs: log records themselves may come through here ([`LogRoute`]), with the
+    /// logger's lock held.
+    pub fn write(&self, lines: &[u8], messages: u64) {
         let shared = &*self.shared;
         if shared.broken.load(Ordering::Relaxed) {
-            return false;
+            shared.unwritten.fetch_add(messages, Ordering::Relaxed);
+            return;
         }
         if lines.is_empty() {
-            return true;
+            return;
         }
-        if shared.direct.load(Ordering::Relaxed) {
-            if let Some(file) = shared.file.as_ref() {
-                return self.write_direct(file, lines);
+        if shared.direct {
+            if let Target::File(file) = &shared.target {
+                if let Err(err) = write_once(file, lines) {
+                    shared.unwritten.fetch_add(messages, Ordering::Relaxed);
+                    self.fail(err);
+                }
+                return;
             }
         }
         let mut pending = lock(&shared.state);
@@ -260,11 +284,13 @@ impl Output {
             pending.waiting -= 1;
         }
         if shared.broken.load(Ordering::Relaxed) {
-            return false;
+            shared.unwritten.fetch_add(messages, Ordering::Relaxed);
+            return;
         }
         if pending.writing {
             pending.lines.extend_from_slice(lines);
-            return true;
+            pending.messages += messages;
+            return;
         }
         pending.writing = true;
         // The two buffers, pending and spare, live as long as the output and keep their
@@ -272,13 +298,13 @@ impl Output {
         let mut batch = std::mem::take(&mut pending.spare);
         // Lines an earlier writer handed on go first: some may be this worker's own.
         let direct = pending.lines.is_empty();
+        let mut batch_messages = messages + std::mem::take(&mut pending.messages);
         if !direct {
             pending.lines.extend_from_slice(lines);
             std::mem::swap(&mut batch, &mut pending.lines);
         }
         drop(pending);
-        let mut sink = lock(&shared.sink);
-        let mut written = self.write_all(&mut sink, if direct { lines } else { &batch });
+        let mut written = self.write_as_writer(if direct { lines } else { &batch });
         for round in 1.. {
             let mut pending = lock(&shared.state);
             batch.clear();
@@ -290,68 +316,44 @@ impl Output {
                 pending.spare = batch;
                 if written.is_err() {
                     shared.broken.store(true, Ordering::Relaxed);
+                    batch_messages += std::mem::take(&mut pending.messages);
                     pending.lines.clear();
                 }
                 shared.room.notify_all();
                 break;
             }
             std::mem::swap(&mut batch, &mut pending.lines);
+            batch_messages = std::mem::take(&mut pending.messages);
             shared.room.notify_all();
             drop(pending);
-            written = self.write_all(&mut sink, &batch);
+            written = self.write_as_writer(&batch);
         }
-        drop(sink);
-        match written {
-            Ok(()) => true,
-            Err(err) => {
-                shared.broken.store(true, Ordering::Relaxed);
-                self.fail(err);
-                false
+        if let Err(err) = written {
+            shared
+                .unwritten
+                .fetch_add(batch_messages, Ordering::Relaxed);
+            self.fail(err);
+        }
+    }
+
+    /// Writes all of `bytes` as the writer of the moment.
+    fn write_as_writer(&self, bytes: &[u8]) -> io::Result<()> {
+        match &self.shared.target {
+            Target::File(file) => write_file(file, bytes),
+            Target::Writer(writer) => {
+                let mut writer = lock(writer);
+                writer.write_all(bytes).and_then(|()| writer.flush())
             }
         }
     }
 
-    /// One `write(2)` of `lines` to a file that keeps writes whole. A short write (which such a
-    /// file should never make) is finished, and sends every later write through the writer role.
-    fn write_direct(&self, mut file: &File, lines: &[u8]) -> bool {
-        let shared = &*self.shared;
-        let outcome = match file.write(lines) {
-            Ok(n) if n == lines.len() => Ok(()),
-            Ok(n) => {
-                shared.direct.store(false, Ordering::Relaxed);
-                warn!(
-                    "the output file took {n} of {} bytes in one write; writing through one writer from now on",
-                    lines.len()
-                );
-                write_file(file, &lines[n..])
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => write_file(file, lines),
-            Err(err) => Err(err),
-        };
-        match outcome {
-            Ok(()) => true,
-            Err(err) => {
-                shared.broken.store(true, Ordering::Relaxed);
-                self.fail(err);
-                false
-            }
-        }
-    }
-
-    /// Writes all of `bytes` as the writer: to the output file, or to the sink writer.
-    fn write_all(&self, sink: &mut Option<Box<dyn Write + Send>>, bytes: &[u8]) -> io::Result<()> {
-        match (self.shared.file.as_ref(), sink) {
-            (Some(file), _) => write_file(file, bytes),
-            (None, Some(writer)) => writer.write_all(bytes).and_then(|()| writer.flush()),
-            (None, None) => Ok(()),
-        }
-    }
-
+    /// Marks the output broken and stops the run: quietly when the reader went away, else with
+    /// the error the run ends with (said once, by whoever reports the run's outcome).
     fn fail(&self, err: io::Error) {
+        self.shared.broken.store(true, Ordering::Relaxed);
         if err.kind() == io::ErrorKind::BrokenPipe {
             self.shared.shutdown.request(StopReason::OutputClosed);
         } else {
-            // Said once, by the caller of `finish`: the run fails with this error.
             lock(&self.shared.failure).get_or_insert(err);
             self.shared.shutdown.request(StopReason::OutputFailed);
         }
@@ -366,14 +368,37 @@ impl Output {
     pub fn finish(&self) -> Result<(), Error> {
         let shared = &*self.shared;
         if shared.regular && !shared.broken.load(Ordering::Relaxed) {
-            if let Some(Err(err)) = shared.file.as_ref().map(File::sync_data) {
-                shared.broken.store(true, Ordering::Relaxed);
-                lock(&shared.failure).get_or_insert(err);
+            if let Target::File(file) = &shared.target {
+                if let Err(err) = file.sync_data() {
+                    self.fail(err);
+                }
             }
         }
         let failure = lock(&shared.failure).take();
         failure.map_or(Ok(()), |err| Err(Error::Output(err)))
     }
+}
+
+/// One `write(2)` of all of `lines` to a file that keeps writes whole, as every worker writes
+/// at once. Such a file takes part of a write only when the rest fails (a full disk, the size
+/// limit): the rest is tried once more for the error to report. Should it go through instead,
+/// another worker's lines may have landed in between, and the run fails rather than say
+/// nothing of a torn line.
+fn write_once(mut file: &File, lines: &[u8]) -> io::Result<()> {
+    let written = loop {
+        match file.write(lines) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            other => break other?,
+        }
+    };
+    if written == lines.len() {
+        return Ok(());
+    }
+    write_file(file, &lines[written..])?;
+    Err(io::Error::other(format!(
+        "the output file took {written} of {} bytes in one write, and lines may be torn there",
+        lines.len()
+    )))
 }
 
 /// Log records on their way to stderr, sent through the output's writer once it is attached, so
@@ -395,7 +420,7 @@ impl Write for LogRoute {
         match self.0.get() {
             // A record that cannot be written is dropped, as a failed write to stderr would be.
             Some(output) => {
-                output.write(record);
+                output.write(record, 0);
                 Ok(record.len())
             }
             None => io::stderr().write(record),
@@ -563,7 +588,7 @@ mod tests {
                 let output = output.clone();
                 std::thread::spawn(move || {
                     for batch in 0..200 {
-                        assert!(output.write(&numbered(w, batch * 100, 100)));
+                        output.write(&numbered(w, batch * 100, 100), 100);
                     }
                 })
             })
@@ -586,6 +611,7 @@ mod tests {
         assert!(state.lines.is_empty());
         drop(state);
         check_whole_and_ordered(&lock(&gated.written), WORKERS, 200 * 100);
+        assert_eq!(output.unwritten(), 0);
     }
 
     #[test]
@@ -602,7 +628,7 @@ mod tests {
                 let output = output.clone();
                 std::thread::spawn(move || {
                     for batch in 0..400 {
-                        output.write(&numbered(w, batch * 50, 50));
+                        output.write(&numbered(w, batch * 50, 50), 50);
                     }
                 })
             })
@@ -641,8 +667,9 @@ mod tests {
         }
         let shutdown = Shutdown::new().expect("pipe");
         let output = Output::new(Sink::Writer(Box::new(Failing)), shutdown.clone());
-        assert!(!output.write(b"lost\n"));
-        assert!(!output.write(b"also lost\n"));
+        output.write(b"lost\n", 1);
+        output.write(b"also lost\nand this\n", 2);
+        assert_eq!(output.unwritten(), 3);
         assert_eq!(shutdown.reason(), Some(StopReason::OutputFailed));
         let err = output.finish().expect_err("the run fails");
         assert_eq!(
@@ -657,14 +684,18 @@ mod tests {
         let path = dir.join(format!("overhear-direct-{}", std::process::id()));
         let file = File::create(&path).expect("a temporary file");
         let output = Output::new(Sink::File(file), Shutdown::new().expect("pipe"));
-        let local = rustix::fs::fstatfs(output.shared.file.as_ref().expect("file"))
-            .expect("fstatfs")
-            .f_type;
+        let Target::File(file) = &output.shared.target else {
+            panic!("a file is a file target");
+        };
+        // Linux names the local file systems; elsewhere none is assumed to keep writes whole.
+        assert_eq!(output.shared.direct, platform::keeps_writes_whole(file));
+        #[cfg(target_os = "linux")]
         assert!(
-            output.shared.direct.load(Ordering::Relaxed),
-            "file system type {local:x} not taken as local"
+            output.shared.direct,
+            "the temporary directory is not on a local file system"
         );
-        assert!(output.write(b"one\n"));
+        output.write(b"one\n", 1);
+        assert_eq!(output.unwritten(), 0);
         output.finish().expect("synced");
         assert_eq!(std::fs::read(&path).expect("read"), b"one\n");
         std::fs::remove_file(&path).ok();
@@ -674,7 +705,7 @@ mod tests {
             Sink::File(File::from(write)),
             Shutdown::new().expect("pipe"),
         );
-        assert!(!output.shared.direct.load(Ordering::Relaxed));
+        assert!(!output.shared.direct);
         assert!(output.watched_pipe().is_some());
         drop(read);
     }

@@ -1,7 +1,8 @@
-//! What differs between the systems overhear builds for, in one place: how the stop pipe is
-//! made, the quick ACK a drain sends, which file systems keep concurrent writes whole, and how
-//! far the open-file limit can be raised. Everything else is the same on every Unix (`poll(2)`, the stop pipe,
-//! `SO_REUSEADDR`, the backlog); the worker threads' own difference lives in `threads`.
+//! What differs between the systems overhear builds for, and the operating-system controls that
+//! std lacks, in one place: how the stop pipe is made, the quick ACK a drain sends, which file
+//! systems keep concurrent writes whole, how far the open-file limit can be raised, and the
+//! file-size signal. `poll(2)`, `SO_REUSEADDR` and the backlog are the same on every Unix; the
+//! worker threads' own difference lives in `threads`.
 
 use std::fs::File;
 use std::io;
@@ -43,9 +44,9 @@ pub fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// # Errors
 /// When the socket option cannot be set.
 pub fn ack_now(stream: &TcpStream) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(target_os = "linux")]
     rustix::net::sockopt::set_tcp_quickack(stream, true)?;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(target_os = "linux"))]
     let _ = stream;
     Ok(())
 }
@@ -58,7 +59,7 @@ pub fn ack_now(stream: &TcpStream) -> io::Result<()> {
 pub fn keeps_writes_whole(file: &File) -> bool {
     #[cfg(target_os = "linux")]
     {
-        const LOCAL: [i64; 8] = [
+        const LOCAL: [u32; 8] = [
             0xEF53,      // ext2/3/4
             0x5846_5342, // xfs
             0x9123_683E, // btrfs
@@ -68,9 +69,10 @@ pub fn keeps_writes_whole(file: &File) -> bool {
             0x794C_7630, // overlayfs
             0x8584_58F6, // ramfs
         ];
-        // f_type is i64 here but a narrower integer on some targets.
-        #[allow(clippy::unnecessary_cast)]
-        rustix::fs::fstatfs(file).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as i64)))
+        // f_type is a signed integer of 32 or 64 bits, by target; the magic numbers are 32-bit
+        // patterns (btrfs's has the top bit set), so they are compared as such.
+        #[allow(clippy::cast_possible_truncation)]
+        rustix::fs::fstatfs(file).is_ok_and(|fs| LOCAL.contains(&(fs.f_type as u32)))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -81,6 +83,7 @@ pub fn keeps_writes_whole(file: &File) -> bool {
 
 /// The most open files macOS lets a process have however high its hard limit says
 /// (`OPEN_MAX`): asking for more fails there.
+#[cfg(target_vendor = "apple")]
 const OPEN_MAX: u64 = 10_240;
 
 /// Raises the soft limit on open files to the hard limit, since every client holds a descriptor
@@ -90,10 +93,13 @@ const OPEN_MAX: u64 = 10_240;
 pub fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
+    #[cfg(target_vendor = "apple")]
     let wanted = [
         limit.maximum,
         Some(limit.maximum.map_or(OPEN_MAX, |m| m.min(OPEN_MAX))),
     ];
+    #[cfg(not(target_vendor = "apple"))]
+    let wanted = [limit.maximum];
     let mut failure = None;
     for current in wanted {
         if current.is_some() && current <= limit.current {
@@ -117,6 +123,17 @@ pub fn raise_fd_limit() -> Option<u64> {
         );
     }
     limit.current
+}
+
+/// Ignores SIGXFSZ, so a write past the file-size limit (`ulimit -f`) fails with "file too large"
+/// and ends the run with that error, instead of the signal killing the process without a word.
+pub fn ignore_file_size_signal() {
+    #[allow(unsafe_code)]
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no code in a signal context and
+    // touches no memory of this process; no other part of the program handles SIGXFSZ.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 #[cfg(test)]

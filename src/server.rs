@@ -320,16 +320,19 @@ impl Server {
         if config.worker.output.format == Format::Json {
             let mut event = Vec::new();
             summary.json(&mut event);
-            output.write(&event);
+            output.write(&event, 0);
         }
         let written = output.finish();
-        let unwritten = if summary.unwritten > 0 {
-            format!(
+        let unwritten = match (output.unwritten(), reason) {
+            (0, _) => String::new(),
+            (n, Some(StopReason::OutputClosed)) => format!(
+                "; {} not written (the reader of the output left)",
+                counted(n, "message")
+            ),
+            (n, _) => format!(
                 "; {} not written (the output failed)",
-                counted(summary.unwritten, "message")
-            )
-        } else {
-            String::new()
+                counted(n, "message")
+            ),
         };
         let panicked = if summary.panicked > 0 {
             format!(
@@ -535,7 +538,7 @@ impl Acceptor<'_> {
         if self.config.worker.output.format == Format::Json {
             let mut event = Vec::new();
             crate::format::refused(&mut event, peer, &refusal.to_string());
-            self.output.write(&event);
+            self.output.write(&event, 0);
         }
     }
 }

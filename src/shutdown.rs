@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use log::error;
-
 use crate::error::{EXIT_INTERRUPTED, Error};
 
 /// Why a run stopped.
@@ -93,10 +91,10 @@ impl Shutdown {
         {
             let _ = self.inner.at.set(Instant::now());
             // The pipe is non-blocking and empty, so this one byte always fits; if the write
-            // failed anyway, pollers still see the flag at their next poll interval.
-            if let Err(err) = rustix::io::write(&self.inner.wake_write, &[1]) {
-                error!("cannot wake the workers: {err}");
-            }
+            // failed anyway, pollers still see the flag at their next poll interval. Nothing is
+            // logged here: a request may come from a signal handler's thread or from inside a
+            // write of the output, neither of which may wait on stderr.
+            let _ = rustix::io::write(&self.inner.wake_write, &[1]);
         }
     }
 
@@ -144,26 +142,17 @@ impl Shutdown {
     }
 }
 
-/// Writes `line` to stderr only if that cannot block: `poll(2)` says there is room (a pipe with
-/// room takes a short line whole). Goes around the logger, whose lock a blocked writer may hold.
-fn say_if_stderr_is_free(line: &[u8]) {
-    let stderr = std::io::stderr();
-    let mut fds = [crate::poll::Fd::new(&stderr, crate::poll::Flags::OUT)];
-    let free = crate::poll::wait(&mut fds, std::time::Duration::ZERO).is_ok_and(|ready| ready == 1)
-        && fds[0].revents().contains(crate::poll::Flags::OUT);
-    if free {
-        let _ = rustix::io::write(&stderr, line);
-    }
-}
-
-/// Ignores SIGXFSZ, so a write past the file-size limit (`ulimit -f`) fails with "file too large"
-/// and ends the run with that error, instead of the signal killing the process without a word.
-pub fn ignore_file_size_signal() {
-    #[allow(unsafe_code)]
-    // SAFETY: setting a signal's disposition to SIG_IGN runs no code in a signal context and
-    // touches no memory of this process; no other part of the program handles SIGXFSZ.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+/// Writes `line` to stderr if that takes no more than a moment: from a thread of its own, which
+/// is left behind (and ends with the process) if stderr is blocked. Goes around the logger, whose
+/// lock a blocked writer may hold.
+fn say_if_stderr_is_free(line: &'static [u8]) {
+    let (done, written) = std::sync::mpsc::channel();
+    let writer = std::thread::Builder::new().spawn(move || {
+        let _ = rustix::io::write(std::io::stderr(), line);
+        let _ = done.send(());
+    });
+    if writer.is_ok() {
+        let _ = written.recv_timeout(std::time::Duration::from_millis(50));
     }
 }
 

@@ -59,8 +59,7 @@ pub struct Summary {
     pub messages: u64,
     /// Bytes received from all clients.
     pub bytes: u64,
-    /// Messages received but not written, because the output failed.
-    pub unwritten: u64,
+
     /// Connections closed without a number or a worker: access rules, `--max-conns`, no thread.
     pub refused: u64,
     /// Workers that panicked (always 0 unless there is a bug).
@@ -74,7 +73,6 @@ impl Summary {
     pub fn add(&mut self, report: &ClientReport) {
         self.messages += report.totals.messages;
         self.bytes += report.totals.bytes;
-        self.unwritten += report.totals.unwritten;
         self.busiest.push(Reverse(ByBytes(ClientRow {
             client: report.id.number(),
             peer: report.peer,
@@ -202,7 +200,6 @@ mod tests {
             totals: ClientTotals {
                 messages: 1,
                 bytes,
-                unwritten: 0,
                 connected_for: Duration::from_millis(1500),
             },
             end: End::Closed,

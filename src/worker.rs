@@ -188,8 +188,6 @@ pub struct Worker {
     output_wait: Duration,
     /// Messages formatted into `lines` since the last hand-over.
     unhanded: u64,
-    /// Messages the output discarded after it failed.
-    unwritten: u64,
 }
 
 /// The allowance of large read buffers shared by all workers: [`LARGE_READERS`] at once.
@@ -263,7 +261,6 @@ impl Worker {
             owed: 0,
             output_wait: Duration::ZERO,
             unhanded: 0,
-            unwritten: 0,
         }
     }
 
@@ -295,7 +292,6 @@ impl Worker {
         let totals = ClientTotals {
             messages: self.messages,
             bytes: self.bytes,
-            unwritten: self.unwritten,
             connected_for: started.elapsed(),
         };
         self.format
@@ -403,6 +399,9 @@ impl Worker {
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing more is owed, whatever FIONREAD said: a drain that still counted
+                    // on it would spin here.
+                    self.owed = 0;
                     // Quiet for now: give the memory back until the client sends again.
                     self.hand_over();
                     self.buf = Vec::new();
@@ -485,16 +484,14 @@ impl Worker {
     /// Writes the formatted lines out (blocking while the output is slow). During the drain,
     /// while bytes are owed, the time this takes is left out of the drain limit.
     fn hand_over(&mut self) {
-        if self.lines.is_empty() {
+        if self.lines.is_empty() && self.unhanded == 0 {
             return;
         }
-        let began = Instant::now();
-        if !self.output.write(&self.lines) {
-            self.unwritten += self.unhanded;
-        }
+        let began = (self.draining && self.owed > 0).then(Instant::now);
+        self.output.write(&self.lines, self.unhanded);
         self.lines.clear();
         self.unhanded = 0;
-        if self.draining && self.owed > 0 {
+        if let Some(began) = began {
             self.output_wait += began.elapsed();
         }
     }

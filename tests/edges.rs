@@ -264,7 +264,9 @@ fn a_message_cut_by_the_drain_limit_is_marked() {
             Spawned::start_with_own_stdout(&["--format", format, "--poll-interval", "1h"]);
         let mut stdout = server.take_stdout();
         let mut client = server.connect_numbered(1);
-        client.set_write_timeout(Some(LONG_TIMEOUT)).expect("timeout");
+        client
+            .set_write_timeout(Some(LONG_TIMEOUT))
+            .expect("timeout");
         let sender = thread::spawn(move || {
             // 32 MB of one line that never ends: more than the slow reader below takes in the
             // drain limit. The write fails once the server closes the connection.
@@ -272,7 +274,9 @@ fn a_message_cut_by_the_drain_limit_is_marked() {
             let _ = client.write_all(&vec![b'y'; 32 << 20]);
         });
         let pid = server.pid();
-        wait_until("the output full", || thread_sleeps_in(pid, None, "pipe_write"));
+        wait_until("the output full", || {
+            thread_sleeps_in(pid, None, "pipe_write")
+        });
         server.signal(Signal::TERM);
         server.wait_stderr("signal received", TIMEOUT);
         let reader = thread::spawn(move || {
@@ -552,6 +556,31 @@ fn a_file_size_limit_is_an_output_error() {
         stderr.contains("messages not written (the output failed)"),
         "{stderr}"
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Output and log in one file (`>file 2>&1`) under a file-size limit that a log line crosses:
+/// the run still ends with status 1, not in a hang (a log record is written through the output,
+/// which must not log while it does).
+#[test]
+fn a_file_size_limit_crossed_by_a_log_line_in_the_same_file_ends_the_run() {
+    let dir = tempdir();
+    let file = dir.join("both.log");
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            "exec prlimit --fsize=200 -- \"$0\" --host 127.0.0.1 --port 0 --duration 0 >\"$1\" 2>&1",
+        ])
+        .arg(bin())
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    let mut server = Launched::from_command(command);
+    let mut client = connect(server.addr);
+    let _ = client.write_all(b"hello\n");
+    let status = server.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(1), "{status}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
