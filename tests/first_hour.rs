@@ -534,3 +534,44 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Characters that reorder or hide text (bidirectional controls, zero-width characters, line
+/// and paragraph separators) reach stdout as escapes of their UTF-8 bytes, which unescape to
+/// exactly what was sent; in JSON they are `\u` escapes.
+#[test]
+fn text_hiding_characters_are_escaped_and_round_trip() {
+    const HIDING: [char; 19] = [
+        '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}', '\u{200b}', '\u{200c}',
+        '\u{200d}', '\u{2060}', '\u{feff}', '\u{2028}', '\u{2029}',
+    ];
+    let mut server = Spawned::start(&[]);
+    let mut client = connect(server.addr());
+    for c in HIDING {
+        send(&mut client, format!("a{c}b\n").as_bytes());
+    }
+    server.wait_stdout_lines(HIDING.len(), TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    for (line, c) in finished.stdout.lines().zip(HIDING) {
+        let shown = line.strip_prefix("[1] ").expect("a message line");
+        assert!(!shown.contains(c), "{c:?} reached stdout: {line:?}");
+        let escapes: String = c
+            .to_string()
+            .bytes()
+            .map(|b| format!("\\x{b:02x}"))
+            .collect();
+        assert_eq!(shown, format!("a{escapes}b"), "{c:?}");
+        let unescaped = overhear::output::unescape(shown.as_bytes()).expect("escaper output");
+        assert_eq!(unescaped, format!("a{c}b").into_bytes());
+    }
+
+    let mut server = Spawned::start(&["--format", "json"]);
+    let mut client = connect(server.addr());
+    send(&mut client, "x\u{202e}y\n".as_bytes());
+    let line = server.wait_stdout("\"event\":\"message\"", TIMEOUT);
+    assert!(line.contains(r#""data":"x\u202ey""#), "{line}");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(event["data"], "x\u{202e}y");
+    server.stop(Signal::TERM).assert_success();
+}
