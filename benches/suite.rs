@@ -1,13 +1,29 @@
 //! overhear's benchmark suite: starts the release binary and its peers (ncat, socat, a Python
-//! ThreadingTCPServer and a discard sink) on loopback, drives each with a Rust load client,
-//! verifies what they printed, and prints markdown tables with ratios measured in the same run.
+//! ThreadingTCPServer, a copy sink and a discard sink) on loopback, drives each with a Rust load
+//! client, verifies what they printed, and prints markdown tables with ratios measured in the
+//! same run.
+//!
+//! Every server runs as a user runs it: stdout to a file (the latency scenario reads a pipe) and
+//! stderr to a file beside it, so logging costs what it costs a user; the opening lines say so.
+//! The two sinks are this binary, a `std::thread` per connection that a stop kills, never joins:
+//! the discard sink reads and throws away (the most a listener can do here at all); the copy sink
+//! appends each 256 KiB read raw, with one `write_all`, to the same output file, opened once with
+//! O_APPEND (the most a listener that stores every byte can do here). Its output has no framing
+//! and no client numbers, so only its bytes are counted, not its lines.
+//!
+//! Beside the usual "overhear vs this" ratio, the throughput table gives each server's MB/s as a
+//! percentage of the copy sink's, and a line under it overhear's against socat and the copy sink.
+//! The floor table (bare threads on overhear's recycled stacks, woken by one pipe write and
+//! joined) is measured first, so the concurrent table can give each server's exit after SIGTERM
+//! as a multiple of the floor for the same N, and of the discard sink's exit (a process whose
+//! threads are simply killed) when the discard sink is among the peers.
 //!
 //! Run: `cargo bench --bench suite` (all scenarios), or name some:
 //! `cargo bench --bench suite -- throughput churn concurrent latency`. Options:
-//! `--peers overhear,socat` limits the servers (and sets their order); `--clients
-//! 1000,5000,10000` sets the concurrent sizes; `--mib 64` the throughput volume per client;
-//! `--rounds 3` how many runs of throughput and churn each figure is the median of; `--dir DIR`
-//! where the servers' output files go (default: the temporary directory).
+//! `--peers overhear,copy,socat` limits the servers (and sets their order; the sinks are `copy`
+//! and `discard`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
+//! throughput volume per client; `--rounds 3` how many throughput runs each figure is the median
+//! of; `--dir DIR` where the servers' output and log files go (default: the temporary directory).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -41,15 +57,19 @@ enum Kind {
     Ncat,
     Socat,
     Python,
+    /// The most a listener that stores every byte can do here: reads appended raw to the output.
+    Copy,
+    /// The most a listener can do here at all: reads thrown away.
     Discard,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Overhear,
         Kind::Ncat,
         Kind::Socat,
         Kind::Python,
+        Kind::Copy,
         Kind::Discard,
     ];
 
@@ -60,8 +80,16 @@ impl Kind {
             Kind::Ncat => "ncat",
             Kind::Socat => "socat",
             Kind::Python => "python",
+            Kind::Copy => "copy sink",
             Kind::Discard => "discard sink",
         }
+    }
+
+    /// Finds a server by its name, or a sink by its first word (`--peers overhear,copy,discard`).
+    fn named(name: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == name || k.name() == format!("{name} sink"))
     }
 
     /// Whether it prints `[N] ` before each line (and so numbers its clients).
@@ -75,6 +103,12 @@ impl Kind {
     /// Whether it prints what it receives at all.
     fn prints(self) -> bool {
         self != Kind::Discard
+    }
+
+    /// Whether its output can be checked line by line. The copy sink's reads end anywhere in a
+    /// line and carry no client number, so only its bytes are counted.
+    fn lines_checked(self) -> bool {
+        self.prints() && self != Kind::Copy
     }
 
     fn command(self, port: u16) -> Option<Command> {
@@ -118,9 +152,14 @@ impl Kind {
                 cmd.args(["127.0.0.1", &port.to_string()]);
                 cmd
             }
-            Kind::Discard => {
+            Kind::Copy | Kind::Discard => {
                 let mut cmd = Command::new(std::env::current_exe().ok()?);
-                cmd.args(["--discard-sink", &port.to_string()]);
+                let flag = if self == Kind::Copy {
+                    "--copy-sink"
+                } else {
+                    "--discard-sink"
+                };
+                cmd.args([flag, &port.to_string()]);
                 cmd
             }
             _ => return None,
@@ -139,15 +178,16 @@ struct Running {
 }
 
 impl Running {
-    /// Starts `kind` with stdout to `output` (or a pipe when `None`... see `start_piped`).
-    fn start(kind: Kind, output: Option<&Path>) -> Option<Running> {
+    /// Starts `kind` with stdout to the file `output` (a pipe when `None`) and stderr to the file
+    /// `log`, as a user who keeps the log has it: writing the log costs what it costs them.
+    fn start(kind: Kind, output: Option<&Path>, log: &Path) -> Option<Running> {
         let port = free_port();
         let mut cmd = kind.command(port)?;
         match output {
             Some(path) => cmd.stdout(File::create(path).ok()?),
             None => cmd.stdout(Stdio::piped()),
         };
-        cmd.stderr(Stdio::null()).process_group(0);
+        cmd.stderr(File::create(log).ok()?).process_group(0);
         let child = cmd.spawn().ok()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let running = Running {
@@ -240,6 +280,20 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Where `kind` writes in `scenario`: its output and its log (stderr), in the suite's directory.
+fn run_files(dir: &Path, scenario: &str, kind: Kind) -> (PathBuf, PathBuf) {
+    let stem = format!("{scenario}-{}", kind.name().replace(' ', "-"));
+    (
+        dir.join(format!("{stem}.out")),
+        dir.join(format!("{stem}.err")),
+    )
+}
+
+/// What a server that is not checked line by line wrote: its byte count against the expected.
+fn bytes_cell(written: u64, expected: u64) -> String {
+    format!("{written}/{expected} bytes")
 }
 
 fn free_port() -> u16 {
@@ -458,12 +512,15 @@ struct Throughput {
     mb_s: f64,
     lines_s: f64,
     verdict: Option<Verdict>,
+    /// Bytes in the output when the run ended, against the bytes the clients sent.
+    written: u64,
+    sent: u64,
     complete: bool,
 }
 
 fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
-    let path = dir.join(format!("throughput-{}.out", kind.name().replace(' ', "-")));
-    let server = Running::start(kind, Some(&path))?;
+    let (path, log) = run_files(dir, "throughput", kind);
+    let server = Running::start(kind, Some(&path), &log)?;
     let raw = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
     let expected = if kind.numbers_clients() {
         raw + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
@@ -501,8 +558,9 @@ fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
     let elapsed = start.elapsed().as_secs_f64();
     drop(streams);
     drop(server);
+    let written = std::fs::metadata(&path).map_or(0, |m| m.len());
     let verdict = kind
-        .prints()
+        .lines_checked()
         .then(|| verify_lines(&path, kind, THROUGHPUT_CLIENTS, lines));
     let _ = std::fs::remove_file(&path);
     // Let the file system finish with this run's output (writeback, journal, discards) before
@@ -512,6 +570,8 @@ fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
         mb_s: raw as f64 / 1e6 / elapsed,
         lines_s: (THROUGHPUT_CLIENTS * lines) as f64 / elapsed,
         verdict,
+        written,
+        sent: raw,
         complete,
     })
 }
@@ -537,6 +597,7 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
             "spliced",
             "misattributed",
             "overhear vs this",
+            "this as % of copy sink",
             "each round MB/s",
         ],
     );
@@ -553,10 +614,13 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
     }
     let mb_s =
         |results: &[Throughput]| median(&mut results.iter().map(|r| r.mb_s).collect::<Vec<_>>());
-    let ours = runs
-        .iter()
-        .find(|(k, _)| *k == Kind::Overhear)
-        .map_or(0.0, |(_, r)| mb_s(r));
+    let median_of = |kind: Kind| {
+        runs.iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0.0, |(_, r)| mb_s(r))
+    };
+    let ours = median_of(Kind::Overhear);
+    let copy = median_of(Kind::Copy);
     for (kind, results) in &runs {
         if results.is_empty() {
             table
@@ -571,8 +635,27 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
                 .max()
                 .map_or("n/a".to_string(), |n| n.to_string())
         };
+        // The copy sink is counted in bytes: short of what was sent, or beyond it.
+        let worst_bytes = |f: fn(&Throughput) -> u64| {
+            let n = results.iter().map(f).max().unwrap_or(0);
+            format!("{n} bytes")
+        };
+        let (lost, duplicated) = if kind.lines_checked() {
+            (worst(|v| v.lost), worst(|v| v.duplicated))
+        } else if kind.prints() {
+            (
+                worst_bytes(|r| r.sent.saturating_sub(r.written)),
+                worst_bytes(|r| r.written.saturating_sub(r.sent)),
+            )
+        } else {
+            ("n/a".into(), "n/a".into())
+        };
         let incomplete = results.iter().filter(|r| !r.complete).count();
-        let lost = worst(|v| v.lost);
+        let percent = if copy > 0.0 {
+            format!("{:.0} %", mb_s(results) / copy * 100.0)
+        } else {
+            String::from("—")
+        };
         table.rows.push(vec![
             kind.name().into(),
             format!("{:.0}", mb_s(results)),
@@ -585,7 +668,7 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
             } else {
                 lost
             },
-            worst(|v| v.duplicated),
+            duplicated,
             worst(|v| v.spliced),
             if kind.numbers_clients() {
                 worst(|v| v.misattributed)
@@ -593,6 +676,7 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
                 "n/a".into()
             },
             ratio(ours, mb_s(results)),
+            percent,
             results
                 .iter()
                 .map(|r| format!("{:.0}", r.mb_s))
@@ -601,6 +685,23 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
         ]);
     }
     table.print();
+    if ours > 0.0 {
+        let mut against = Vec::new();
+        let socat = median_of(Kind::Socat);
+        if socat > 0.0 {
+            against.push(format!("{} socat's", ratio(ours, socat)));
+        }
+        if copy > 0.0 {
+            against.push(format!(
+                "{:.0} % of the copy sink's (the most a listener that stores every byte \
+                 does here)",
+                ours / copy * 100.0
+            ));
+        }
+        if !against.is_empty() {
+            println!("\noverhear's median MB/s: {}.", against.join(", "));
+        }
+    }
 }
 
 // ---------------------------------------------------------------- churn
@@ -620,8 +721,8 @@ fn churn(kinds: &[Kind], dir: &Path) {
     );
     let mut results: Vec<(Kind, f64)> = Vec::new();
     for &kind in kinds {
-        let path = dir.join(format!("churn-{}.out", kind.name().replace(' ', "-")));
-        let Some(server) = Running::start(kind, Some(&path)) else {
+        let (path, log) = run_files(dir, "churn", kind);
+        let Some(server) = Running::start(kind, Some(&path), &log) else {
             table
                 .rows
                 .push(vec![kind.name().into(), "not installed".into()]);
@@ -665,10 +766,14 @@ fn churn(kinds: &[Kind], dir: &Path) {
         thread::sleep(Duration::from_millis(500));
         let cpu = (server.cpu_seconds() - cpu_before) / CHURN_CYCLES as f64;
         let printed = if kind.prints() {
-            let v = verify_lines(&path, kind, CHURN_THREADS, per_thread);
-            let ok = CHURN_CYCLES as u64 - v.lost;
+            let count = if kind.lines_checked() {
+                let v = verify_lines(&path, kind, CHURN_THREADS, per_thread);
+                format!("{}/{CHURN_CYCLES}", CHURN_CYCLES as u64 - v.lost)
+            } else {
+                bytes_cell(server.output_len(), expected)
+            };
             format!(
-                "{ok}/{CHURN_CYCLES}{}{}",
+                "{count}{}{}",
                 if failures > 0 {
                     format!(" ({failures} connects failed)")
                 } else {
@@ -751,7 +856,17 @@ fn connect_many(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Duration) {
     (all.into_iter().map(|(_, s)| s).collect(), slowest)
 }
 
-fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
+/// What one concurrent run measured, kept until the row for every server of its `N` is known.
+struct ConcurrentRow {
+    kind: Kind,
+    cells: Vec<String>,
+    exit: Option<Duration>,
+    eof: Option<Duration>,
+}
+
+/// `floors` holds the floor table's time for each `N` (threads on recycled stacks): each exit is
+/// also shown as a multiple of it, and of the discard sink's exit if the discard sink ran.
+fn concurrent(kinds: &[Kind], sizes: &[usize], floors: &[(usize, Duration)], dir: &Path) {
     let mut table = Table::new(
         "concurrent: N clients connected at once, one line each, then SIGTERM",
         &[
@@ -762,18 +877,23 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
             "slowest connect",
             "RSS per client",
             "exit after SIGTERM",
+            "exit ÷ floor",
+            "exit ÷ discard sink's",
             "all clients EOF",
         ],
     );
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     for &n in sizes {
+        let mut rows: Vec<ConcurrentRow> = Vec::new();
         for &kind in kinds {
-            let path = dir.join(format!("concurrent-{}.out", kind.name().replace(' ', "-")));
-            let Some(mut server) = Running::start(kind, Some(&path)) else {
-                table.rows.push(vec![
-                    kind.name().into(),
-                    n.to_string(),
-                    "not installed".into(),
-                ]);
+            let (path, log) = run_files(dir, "concurrent", kind);
+            let Some(mut server) = Running::start(kind, Some(&path), &log) else {
+                rows.push(ConcurrentRow {
+                    kind,
+                    cells: vec![n.to_string(), "not installed".into()],
+                    exit: None,
+                    eof: None,
+                });
                 continue;
             };
             // Let the readiness probe's worker end before the baseline is read.
@@ -795,12 +915,13 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
             };
             let printed = if kind.prints() {
                 let all = server.wait_output(expected, Duration::from_secs(30));
-                let v = verify_lines(&path, kind, 1, connected.max(1));
-                format!(
-                    "{}{}",
-                    connected as u64 - v.lost,
-                    if all { "" } else { " (timed out)" }
-                )
+                let count = if kind.lines_checked() {
+                    let v = verify_lines(&path, kind, 1, connected.max(1));
+                    (connected as u64 - v.lost).to_string()
+                } else {
+                    bytes_cell(server.output_len(), expected)
+                };
+                format!("{count}{}", if all { "" } else { " (timed out)" })
             } else {
                 String::from("n/a")
             };
@@ -810,23 +931,44 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
             let start = Instant::now();
             let exit = server.terminate(Duration::from_secs(10));
             let eof = all_eof(&mut streams, start, Duration::from_secs(5));
-            table.rows.push(vec![
-                kind.name().into(),
-                n.to_string(),
-                connected.to_string(),
-                printed,
-                format!("{:.0} ms", slowest.as_secs_f64() * 1e3),
-                format!("{per_client:.1} KiB"),
-                exit.map_or("no exit in 10 s".into(), |d| {
-                    format!("{:.0} ms", d.as_secs_f64() * 1e3)
-                }),
-                eof.map_or("not all in 5 s".into(), |d| {
-                    format!("{:.0} ms", d.as_secs_f64() * 1e3)
-                }),
-            ]);
+            rows.push(ConcurrentRow {
+                kind,
+                cells: vec![
+                    n.to_string(),
+                    connected.to_string(),
+                    printed,
+                    format!("{:.0} ms", slowest.as_secs_f64() * 1e3),
+                    format!("{per_client:.1} KiB"),
+                ],
+                exit,
+                eof,
+            });
             drop(streams);
             drop(server);
             let _ = std::fs::remove_file(&path);
+        }
+        let floor = floors
+            .iter()
+            .find(|(size, _)| *size == n)
+            .map_or(0.0, |(_, d)| d.as_secs_f64());
+        let discard = rows
+            .iter()
+            .find(|r| r.kind == Kind::Discard)
+            .and_then(|r| r.exit)
+            .map_or(0.0, |d| d.as_secs_f64());
+        for row in rows {
+            let mut cells = vec![row.kind.name().to_string()];
+            cells.extend(row.cells);
+            if cells.len() > 3 {
+                let exit = row.exit.map_or(0.0, |d| d.as_secs_f64());
+                cells.extend([
+                    row.exit.map_or("no exit in 10 s".into(), ms),
+                    ratio(exit, floor),
+                    ratio(exit, discard),
+                    row.eof.map_or("not all in 5 s".into(), ms),
+                ]);
+            }
+            table.rows.push(cells);
         }
     }
     table.print();
@@ -835,12 +977,14 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], dir: &Path) {
 /// The floor under a thread-per-connection shutdown on this machine: `n` threads with
 /// overhear's stack size, blocked in `poll(2)` on a pipe, woken by one write and joined; once as
 /// `std::thread`s and once on the recycled stacks overhear's workers run on. No sockets, no
-/// output: only waking, ending and joining threads.
-fn thread_floor(sizes: &[usize]) {
+/// output: only waking, ending and joining threads. Returns each `n` with the time on recycled
+/// stacks, the floor the concurrent table measures each server's exit against.
+fn thread_floor(sizes: &[usize]) -> Vec<(usize, Duration)> {
     let mut table = Table::new(
         "floor: N idle threads (128 KiB stacks) woken by one pipe write and joined",
         &["N", "std::thread", "recycled stacks (overhear)", "speed-up"],
     );
+    let mut floors = Vec::new();
     // A std::thread holds about four mappings (stack, guard, signal stack and its guard), and
     // std aborts the process when it cannot map a signal stack: stay clear of the limit.
     let max_map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
@@ -854,6 +998,7 @@ fn thread_floor(sizes: &[usize]) {
         let ours = wake_and_join(threads, &wake, |thread| {
             let _ = thread.join(&mut stacks);
         });
+        floors.push((n, ours));
         let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
         let (std_cell, speed_up) = if 4 * n + 2_000 > max_map_count {
             (
@@ -880,6 +1025,7 @@ fn thread_floor(sizes: &[usize]) {
             .push(vec![spawned.to_string(), std_cell, ms(ours), speed_up]);
     }
     table.print();
+    floors
 }
 
 /// Starts up to `n` threads with `spawn`, each blocked in `poll(2)` until a pipe is written;
@@ -939,13 +1085,14 @@ fn all_eof(streams: &mut [TcpStream], start: Instant, limit: Duration) -> Option
 
 // ---------------------------------------------------------------- latency
 
-fn latency(kinds: &[Kind]) {
+fn latency(kinds: &[Kind], dir: &Path) {
     let mut table = Table::new(
         "latency: one line every 1 ms for 5 s, send to line on the server's stdout pipe",
         &["server", "lines", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
     );
     for &kind in kinds.iter().filter(|k| k.prints()) {
-        let Some(mut server) = Running::start(kind, None) else {
+        let (_, log) = run_files(dir, "latency", kind);
+        let Some(mut server) = Running::start(kind, None, &log) else {
             table
                 .rows
                 .push(vec![kind.name().into(), "not installed".into()]);
@@ -1032,23 +1179,60 @@ fn latency(kinds: &[Kind]) {
     table.print();
 }
 
-// ---------------------------------------------------------------- discard sink
+// ---------------------------------------------------------------- sinks
 
-/// The ceiling of this machine: a thread per connection that reads and throws bytes away.
-fn discard_sink(port: u16) -> ! {
-    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+/// The listening socket of a sink: loopback, `port`, a backlog as deep as overhear's.
+fn sink_listener(port: u16) -> TcpListener {
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .and_then(|s| {
             s.set_reuse_address(true)?;
             s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
             s.listen(4096)?;
             Ok(TcpListener::from(s))
         })
-        .expect("discard sink listens");
+        .expect("sink listens")
+}
+
+/// The ceiling of this machine: a thread per connection that reads and throws bytes away.
+fn discard_sink(port: u16) -> ! {
+    let listener = sink_listener(port);
     loop {
         if let Ok((mut stream, _)) = listener.accept() {
             let spawned = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
                 while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            drop(spawned);
+        }
+    }
+}
+
+/// The most any listener that stores every byte can do here: a thread per connection that reads
+/// up to 256 KiB at a time (as overhear's busiest workers do) and appends each read, raw, to the
+/// output with one `write_all`: no framing, no prefix, no lock of its own. The output is its
+/// stdout (the file the other servers write to), reopened once with O_APPEND and shared by
+/// every connection. Like the discard sink, its threads are never joined: a stop kills them.
+fn copy_sink(port: u16) -> ! {
+    const READ: usize = 256 * 1024;
+    let output = Arc::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open("/proc/self/fd/1")
+            .expect("copy sink reopens its stdout"),
+    );
+    let listener = sink_listener(port);
+    loop {
+        if let Ok((stream, _)) = listener.accept() {
+            let output = Arc::clone(&output);
+            let spawned = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+                // Read into uninitialised memory: zeroing 256 KiB per connection would be work
+                // a listener does not need.
+                let mut buf = Box::new_uninit_slice(READ);
+                while let Ok((read @ [_, ..], _)) = rustix::io::read(&stream, &mut buf[..]) {
+                    if (&*output).write_all(read).is_err() {
+                        break;
+                    }
+                }
             });
             drop(spawned);
         }
@@ -1075,6 +1259,13 @@ fn main() {
             .expect("--discard-sink PORT");
         discard_sink(port);
     }
+    if let Some(i) = args.iter().position(|a| a == "--copy-sink") {
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--copy-sink PORT");
+        copy_sink(port);
+    }
     raise_fd_limit();
     let value = |flag: &str| {
         args.iter()
@@ -1083,14 +1274,7 @@ fn main() {
     };
     // In the order given, so a run can check that the order does not matter.
     let kinds: Vec<Kind> = match value("--peers") {
-        Some(list) => list
-            .split(',')
-            .filter_map(|n| {
-                Kind::ALL
-                    .into_iter()
-                    .find(|k| n == k.name() || (n == "discard" && *k == Kind::Discard))
-            })
-            .collect(),
+        Some(list) => list.split(',').filter_map(Kind::named).collect(),
         None => Kind::ALL.to_vec(),
     };
     let sizes: Vec<usize> = value("--clients")
@@ -1129,6 +1313,11 @@ fn main() {
             )
             .unwrap_or_default()
     );
+    println!(
+        "Each server runs as a user runs it: stdout to a file (in latency, a pipe the suite reads) \
+         and stderr to a file (its log at the default level), both in {}.",
+        dir.display()
+    );
     for scenario in chosen {
         match scenario {
             "throughput" => throughput(&kinds, mib, rounds, &dir),
@@ -1139,10 +1328,11 @@ fn main() {
                 if let Some(i) = kinds.iter().position(|k| *k == Kind::Overhear) {
                     with_small.insert(i + 1, Kind::OverhearBacklog128);
                 }
-                concurrent(&with_small, &sizes, &dir);
-                thread_floor(&sizes);
+                // The floor first: each server's exit is shown as a multiple of it.
+                let floors = thread_floor(&sizes);
+                concurrent(&with_small, &sizes, &floors, &dir);
             }
-            "latency" => latency(&kinds),
+            "latency" => latency(&kinds, &dir),
             _ => unreachable!("filtered to known scenarios"),
         }
     }
