@@ -477,6 +477,21 @@ mod tests {
     }
 
     #[test]
+    fn del_and_backslash_alone_in_plain_text_are_escaped() {
+        // The fast path for plain messages must not let these through.
+        assert_eq!(escaped(b"ab\x7f"), "ab\\x7f");
+        assert_eq!(escaped(b"\x7f"), "\\x7f");
+        assert_eq!(escaped(b"\x1f"), "\\x1f");
+        assert_eq!(escaped(b"a\\b"), "a\\\\b");
+        assert_eq!(escaped(b"\\"), "\\\\");
+        assert_eq!(escaped(b"~ \t!"), "~ \t!");
+        for byte in 0..=u8::MAX {
+            let plain = (0x20..0x7f).contains(&byte) && byte != b'\\' || byte == b'\t';
+            assert_eq!(is_plain(byte), plain, "{byte:#04x}");
+        }
+    }
+
+    #[test]
     fn invalid_utf8_and_backslash_are_escaped() {
         assert_eq!(escaped(b"\xff\xfeok"), "\\xff\\xfeok");
         assert_eq!(escaped(b"a\\x41"), "a\\\\x41");
