@@ -590,6 +590,25 @@ mod tests {
             .collect()
     }
 
+    /// `count` threads, each writing `batches` batches of `lines` numbered lines to `output`.
+    fn writers(
+        output: &Output,
+        count: usize,
+        batches: usize,
+        lines: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        (0..count)
+            .map(|w| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    for batch in 0..batches {
+                        output.write(&numbered(w, batch * lines, lines), lines as u64);
+                    }
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn a_stalled_sink_holds_at_most_the_pending_limit_and_the_others_wait() {
         const WORKERS: usize = 6;
@@ -598,16 +617,7 @@ mod tests {
             Sink::Writer(Box::new(gated.clone())),
             Shutdown::new().expect("pipe"),
         );
-        let threads: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                let output = output.clone();
-                std::thread::spawn(move || {
-                    for batch in 0..200 {
-                        output.write(&numbered(w, batch * 100, 100), 100);
-                    }
-                })
-            })
-            .collect();
+        let threads = writers(&output, WORKERS, 200, 100);
         // One worker is the writer, stuck in the sink; every other one ends up waiting for room
         // once the pending lines reach the limit, and the lines waiting stay bounded.
         wait_until("the other workers never waited for room", || {
@@ -638,16 +648,7 @@ mod tests {
             Sink::Writer(Box::new(gated.clone())),
             Shutdown::new().expect("pipe"),
         );
-        let threads: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                let output = output.clone();
-                std::thread::spawn(move || {
-                    for batch in 0..400 {
-                        output.write(&numbered(w, batch * 50, 50), 50);
-                    }
-                })
-            })
-            .collect();
+        let threads = writers(&output, WORKERS, 400, 50);
         for thread in threads {
             thread.join().expect("a worker");
         }

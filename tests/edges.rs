@@ -10,29 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     LONG_TIMEOUT, Signal, Spawned, TIMEOUT, bin, connect, expect_eof, listening_port, send,
+    wait_acknowledged,
 };
-
-/// The bytes of `stream`'s own sends the server's kernel has not acknowledged yet (SIOCOUTQ).
-fn unacknowledged(stream: &TcpStream) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which outlives the call.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
-    usize::try_from(queued).expect("a count")
-}
-
-/// Waits until the server's kernel has acknowledged every byte `stream` sent: from then on the
-/// client believes its bytes delivered, and overhear must print them.
-fn wait_acknowledged(stream: &TcpStream) {
-    let deadline = Instant::now() + TIMEOUT;
-    while unacknowledged(stream) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the server's kernel never acknowledged"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// `count` lines of client `tag`, numbered, each `width` bytes with its `\n`.
 fn lines_of(tag: &str, count: usize, width: usize) -> String {

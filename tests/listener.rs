@@ -6,14 +6,13 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::common::{
     LONG_TIMEOUT, Netcat, Signal, Spawned, TIMEOUT, assert_no_panic, connect, expect_eof,
-    run_to_end, send, thread_names, wait_threads,
+    run_to_end, send, thread_names, unacknowledged, wait_threads,
 };
 
 #[test]
@@ -141,27 +140,6 @@ fn a_stop_logs_each_disconnected_client_once_in_client_order() {
     for client in &mut clients {
         expect_eof(client, TIMEOUT);
     }
-}
-
-/// The bytes in `stream`'s send queue that the peer has not acknowledged (`SIOCOUTQ`).
-fn unacknowledged(stream: &TcpStream) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one c_int through the pointer, which points
-    // to a live local; the descriptor is borrowed from `stream`, open for the whole call.
-    let status = unsafe {
-        libc::ioctl(
-            stream.as_raw_fd(),
-            libc::TIOCOUTQ,
-            &mut queued as *mut libc::c_int,
-        )
-    };
-    assert_eq!(
-        status,
-        0,
-        "ioctl(TIOCOUTQ) failed: {}",
-        std::io::Error::last_os_error()
-    );
-    usize::try_from(queued).expect("a queue length is not negative")
 }
 
 // The stop must still be under way when the second signal comes, whatever the machine's speed:

@@ -17,7 +17,6 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ChildStdout;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use crate::common::{Finished, LONG_TIMEOUT, Signal, Spawned, TIMEOUT};
+use crate::common::{Finished, LONG_TIMEOUT, Signal, Spawned, TIMEOUT, unacknowledged};
 
 const SEED_VAR: &str = "OVERHEAR_STOP_SEED";
 const ROUNDS_VAR: &str = "OVERHEAR_STOP_ROUNDS";
@@ -856,27 +855,6 @@ fn sample(conns: &[Conn]) -> Vec<(usize, usize)> {
             (written.saturating_sub(unacknowledged(stream)), written)
         })
         .collect()
-}
-
-/// The bytes in `stream`'s send queue that the peer has not acknowledged (`SIOCOUTQ`).
-fn unacknowledged(stream: &TcpStream) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one c_int through the pointer, which points
-    // to a live local; the descriptor is borrowed from `stream`, open for the whole call.
-    let status = unsafe {
-        libc::ioctl(
-            stream.as_raw_fd(),
-            libc::TIOCOUTQ,
-            &mut queued as *mut libc::c_int,
-        )
-    };
-    assert_eq!(
-        status,
-        0,
-        "ioctl(TIOCOUTQ) failed: {}",
-        io::Error::last_os_error()
-    );
-    usize::try_from(queued).expect("a queue length is not negative")
 }
 
 /// Reads the server's stdout `chunk` bytes at a time with `pause` after each read, until EOF.

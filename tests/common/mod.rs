@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -725,4 +726,38 @@ pub fn listening_port(pid: u32) -> Option<u16> {
         }
         u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
     })
+}
+
+/// The bytes in `stream`'s send queue that the peer has not acknowledged (`SIOCOUTQ`): what was
+/// written minus this is what the server's kernel has, and the client believes delivered.
+pub fn unacknowledged(stream: &TcpStream) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one c_int through the pointer, which points
+    // to a live local; the descriptor is borrowed from `stream`, open for the whole call.
+    let status = unsafe {
+        libc::ioctl(
+            stream.as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut queued as *mut libc::c_int,
+        )
+    };
+    assert_eq!(
+        status,
+        0,
+        "ioctl(TIOCOUTQ) failed: {}",
+        io::Error::last_os_error()
+    );
+    usize::try_from(queued).expect("a queue length is not negative")
+}
+
+/// Waits until the server's kernel has acknowledged every byte `stream` sent.
+pub fn wait_acknowledged(stream: &TcpStream) {
+    let deadline = Instant::now() + TIMEOUT;
+    while unacknowledged(stream) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server's kernel never acknowledged"
+        );
+        thread::sleep(POLL_STEP);
+    }
 }
