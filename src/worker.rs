@@ -552,14 +552,15 @@ impl Worker {
         }
     }
 
-    /// Whether the client has closed its side with nothing left to read: a readable socket
-    /// whose next read would return end of file.
+    /// Whether the connection is over with nothing left to read: a readable socket whose next
+    /// read would return end of file or an error (a reset), rather than bytes.
     fn closed_by_client(&self) -> bool {
         let mut byte = [0; 1];
-        matches!(
-            rustix::net::recv(&self.stream, &mut byte, rustix::net::RecvFlags::PEEK),
-            Ok((0, _))
-        )
+        match rustix::net::recv(&self.stream, &mut byte, rustix::net::RecvFlags::PEEK) {
+            Ok((0, _)) => true,
+            Ok(_) => false,
+            Err(err) => err != rustix::io::Errno::AGAIN && err != rustix::io::Errno::INTR,
+        }
     }
 
     /// Sends a pending (delayed) ACK now, where the system allows it, so a client held back by
