@@ -695,6 +695,41 @@ mod tests {
     }
 
     #[test]
+    fn lines_pending_when_the_writer_fails_are_counted_as_unwritten() {
+        /// Blocks until opened, then fails.
+        struct FailsLater(Gated);
+        impl Write for FailsLater {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.write(bytes)?;
+                Err(io::ErrorKind::StorageFull.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let gated = Gated::default();
+        let output = Output::new(
+            Sink::Writer(Box::new(FailsLater(gated.clone()))),
+            Shutdown::new().expect("pipe"),
+        );
+        let writer = {
+            let output = output.clone();
+            std::thread::spawn(move || output.write(b"first\n", 1))
+        };
+        wait_until("the first write never became the writer", || {
+            lock(&output.shared.state).writing
+        });
+        // Left to the stuck writer: pending, with their count.
+        output.write(b"a\nb\nc\n", 3);
+        output.write(b"d\n", 1);
+        gated.open();
+        writer.join().expect("the writer");
+        assert_eq!(output.unwritten(), 5);
+        output.write(b"after\n", 1);
+        assert_eq!(output.unwritten(), 6);
+    }
+
+    #[test]
     fn regular_files_on_local_file_systems_are_written_directly() {
         let dir = std::env::temp_dir();
         let path = dir.join(format!("overhear-direct-{}", std::process::id()));
@@ -712,6 +747,8 @@ mod tests {
         );
         output.write(b"one\n", 1);
         assert_eq!(output.unwritten(), 0);
+        // A regular file is never watched as a pipe.
+        assert!(output.watched_pipe().is_none());
         output.finish().expect("synced");
         assert_eq!(std::fs::read(&path).expect("read"), b"one\n");
         std::fs::remove_file(&path).ok();
