@@ -653,6 +653,53 @@ mod tests {
         assert!(reads.take().is_some());
     }
 
+    /// The per-worker stop flag works on its own: with no write to the stop pipe, a worker whose
+    /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
+    /// a lost wake-up still ends the worker).
+    #[test]
+    fn a_worker_whose_stop_flag_is_set_ends_within_a_poll_interval() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (stream, peer) = listener.accept().expect("accept");
+        stream.set_nonblocking(true).expect("non-blocking");
+        let shutdown = Shutdown::new().expect("pipe");
+        let settings = WorkerSettings {
+            poll_interval: Duration::from_millis(50),
+            idle_timeout: None,
+            max_line: 1024,
+            output: OutputOptions::default(),
+            echo: false,
+        };
+        let output = Output::new(
+            crate::output::Sink::Writer(Box::new(io::sink())),
+            shutdown.clone(),
+        );
+        let worker = Worker::new(
+            ClientId::new(1),
+            peer,
+            stream,
+            shutdown.clone(),
+            settings,
+            output,
+            LargeReads::default(),
+        );
+        let mut stacks = Stacks::new(WORKER_STACK);
+        let handle = WorkerHandle::spawn(worker, &mut stacks).expect("spawn");
+        handle.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !handle.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the worker ignored its stop flag"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!shutdown.is_requested(), "the stop pipe was never written");
+        let report = handle.join(&mut stacks).expect("no panic");
+        assert!(matches!(report.end, End::Stopped), "{:?}", report.end);
+        drop(client);
+    }
+
     #[test]
     fn client_ids_read_naturally() {
         assert_eq!(ClientId::new(3).to_string(), "client 3");

@@ -377,6 +377,18 @@ mod tests {
     }
 
     #[test]
+    fn thread_names_are_cut_at_a_character_boundary() {
+        // 14 ASCII bytes, then a 2-byte character across Linux's 15-byte limit.
+        let name = thread_name("client-1234567é-more").expect("no NUL");
+        assert_eq!(name.to_str(), Ok("client-1234567"));
+        // A 3-byte character ending exactly at the limit stays.
+        let name = thread_name("client-12345€x").expect("no NUL");
+        assert_eq!(name.to_str(), Ok("client-12345€"));
+        assert_eq!(thread_name("short").expect("no NUL").to_str(), Ok("short"));
+        assert!(thread_name("nul\0inside").is_none());
+    }
+
+    #[test]
     fn each_stack_has_a_guard_region_of_64_kib_below_it() {
         let mut stacks = Stacks::new(SIZE);
         let thread = stacks
