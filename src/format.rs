@@ -65,10 +65,15 @@ pub fn timestamp(at: SystemTime) -> String {
 /// `count` and `noun`, in the plural unless the count is one: `1 message`, `2 messages`.
 pub fn counted(count: impl Into<u64>, noun: &str) -> String {
     let count = count.into();
+    format!("{count} {}", plural(count, noun))
+}
+
+/// `noun` as it goes with `count`: `client` for one, `clients` otherwise.
+pub fn plural(count: u64, noun: &str) -> String {
     if count == 1 {
-        format!("1 {noun}")
+        noun.to_owned()
     } else {
-        format!("{count} {noun}s")
+        format!("{noun}s")
     }
 }
 

@@ -19,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
-use crate::format::{Format, counted};
+use crate::format::{Format, counted, plural};
 use crate::output::{LogRoute, Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
@@ -145,7 +145,7 @@ impl Workers {
         if hidden > 0 {
             info!(
                 "… and {hidden} more {} disconnected (server stopping)",
-                if hidden == 1 { "client" } else { "clients" }
+                plural(hidden, "client")
             );
         }
         stopped

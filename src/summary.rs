@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::format::{counted, millis, timestamp, write_json};
+use crate::format::{counted, millis, plural, timestamp, write_json};
 use crate::worker::ClientReport;
 
 /// Per-client rows kept for the summary: the busiest clients by bytes. Bounded, so a run that
@@ -139,7 +139,7 @@ impl Summary {
                     let _ = writeln!(
                         out,
                         "… {hidden} more {} not shown (the {} busiest are)",
-                        if hidden == 1 { "client" } else { "clients" },
+                        plural(hidden, "client"),
                         shown.len()
                     );
                 }
