@@ -17,6 +17,7 @@ use crate::access::{AccessRules, parse_network};
 use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::format::{Format, OutputOptions, Style};
+use crate::talk::TalkSettings;
 use crate::worker::WorkerSettings;
 
 /// Usage examples, for `--help` and the manual page: a command line and what it does. Each
@@ -140,8 +141,9 @@ struct Flags {
           value_hint = ValueHint::Other)]
     max_line: usize,
 
-    /// Print message bytes unchanged instead of escaping control bytes and invalid UTF-8 (not
-    /// with --format json or --hex)
+    /// No escapes either way: print message bytes unchanged instead of escaping control bytes
+    /// and invalid UTF-8, and send typed lines and --greet as written (not with --format json
+    /// or --hex)
     #[arg(long, conflicts_with = "hex")]
     raw: bool,
 
@@ -164,6 +166,20 @@ struct Flags {
     /// Send every byte a client sends back to it
     #[arg(long)]
     echo: bool,
+
+    /// Send each line typed on stdin to the clients: auto (when stdin is a terminal), always
+    /// (a pipe or FIFO too), never. "@3 text" goes to client 3, others to every client
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = StdinChoice::Auto)]
+    stdin: StdinChoice,
+
+    /// End typed lines with \r\n instead of \n
+    #[arg(short = 'C', long)]
+    crlf: bool,
+
+    /// Send TEXT to each client as it connects, before reading it (escapes such as \r\n
+    /// and \xNN are read; no line end is added), e.g. '220 ready\r\n'
+    #[arg(long, value_name = "TEXT", value_hint = ValueHint::Other)]
+    greet: Option<String>,
 
     /// Append messages to FILE instead of writing them to stdout
     #[arg(short, long, value_name = "FILE", value_hint = ValueHint::FilePath)]
@@ -223,8 +239,9 @@ impl FromArgMatches for Args {
 impl Parser for Args {}
 
 impl Flags {
-    /// Rejects `--raw --format json`: JSON escapes by its own rules, so raw bytes cannot go
-    /// there. An error of clap's kind, so it is printed and exits (status 2) like clap's own.
+    /// Rejects `--raw --format json` (JSON escapes by its own rules, so raw bytes cannot go
+    /// there) and a `--greet` whose escapes do not read. Errors of clap's kind, so they are
+    /// printed and exit (status 2) like clap's own.
     fn check(&self) -> Result<(), clap::Error> {
         if self.raw && self.format == FormatChoice::Json {
             return Err(clap::Error::raw(
@@ -232,7 +249,29 @@ impl Flags {
                 "the argument '--raw' cannot be used with '--format json'",
             ));
         }
-        Ok(())
+        self.greeting().map(|_| ())
+    }
+
+    /// The bytes of `--greet`: its text, with escapes read unless `--raw`.
+    fn greeting(&self) -> Result<Option<Vec<u8>>, clap::Error> {
+        let Some(text) = &self.greet else {
+            return Ok(None);
+        };
+        if self.raw {
+            return Ok(Some(text.clone().into_bytes()));
+        }
+        crate::output::unescape(text.as_bytes())
+            .map(Some)
+            .map_err(|at| {
+                clap::Error::raw(
+                    ErrorKind::ValueValidation,
+                    format!(
+                        "invalid value '{text}' for '--greet <TEXT>': the backslash at byte {} \
+                         starts no escape (write \\\\, \\xNN, \\r, \\n or \\t)",
+                        at + 1
+                    ),
+                )
+            })
     }
 }
 
@@ -265,6 +304,14 @@ fn epilogue() -> String {
 pub enum FormatChoice {
     Text,
     Json,
+}
+
+/// `--stdin` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StdinChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 /// `--color` values.
@@ -326,6 +373,16 @@ impl Args {
     /// `--color`, whether stdout is a terminal, and `NO_COLOR`.
     pub fn into_config(self) -> Config {
         let flags = self.0;
+        // Checked when parsed: the escapes read.
+        let greeting = flags.greeting().ok().flatten();
+        let stdin = std::io::stdin();
+        let read_stdin = match flags.stdin {
+            StdinChoice::Always => true,
+            StdinChoice::Never => false,
+            StdinChoice::Auto => {
+                stdin.is_terminal() && crate::platform::reads_terminal_in_foreground(&stdin)
+            }
+        };
         let terminal = flags.output.is_none() && std::io::stdout().is_terminal();
         let no_color = std::env::var("NO_COLOR").ok();
         let format = match (flags.hex, flags.format) {
@@ -356,7 +413,12 @@ impl Args {
                         && flags.color.resolve(terminal, no_color.as_deref()),
                 },
                 echo: flags.echo,
+                greeting: greeting.map(crate::outbox::Message::greeting),
             },
+            input: read_stdin.then_some(TalkSettings {
+                raw: flags.raw,
+                crlf: flags.crlf,
+            }),
         }
     }
 }

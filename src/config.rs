@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::access::AccessRules;
 use crate::format::OutputOptions;
+use crate::talk::TalkSettings;
 use crate::worker::WorkerSettings;
 
 /// Default port, as in the tutorial overhear grows from.
@@ -42,6 +43,8 @@ pub struct Config {
     pub progress: Option<Duration>,
     /// What each worker needs: poll interval, idle timeout, maximum line, output style.
     pub worker: WorkerSettings,
+    /// Read standard input and send each line to the clients it addresses; `None` does not.
+    pub input: Option<TalkSettings>,
 }
 
 impl Default for Config {
@@ -59,7 +62,9 @@ impl Default for Config {
                 max_line: DEFAULT_MAX_LINE,
                 output: OutputOptions::default(),
                 echo: false,
+                greeting: None,
             },
+            input: None,
         }
     }
 }

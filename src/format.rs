@@ -83,6 +83,16 @@ pub fn rounded(duration: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(millis))
 }
 
+/// A byte count in the largest binary unit that divides it: `1 MiB`, `256 KiB`, `100 bytes`.
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        0 => String::from("0 bytes"),
+        b if b % (1024 * 1024) == 0 => format!("{} MiB", b / (1024 * 1024)),
+        b if b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => counted(b, "byte"),
+    }
+}
+
 /// Formats one client's events.
 #[derive(Debug, Clone)]
 pub struct ClientFormat {
@@ -213,6 +223,26 @@ impl ClientFormat {
         }
     }
 
+    /// Appends the `sent` event for bytes sent to the client whole (a greeting or a typed
+    /// message; JSON only).
+    pub fn sent(&self, out: &mut Vec<u8>, bytes: &[u8]) {
+        if self.options.format == Format::Json {
+            let (data, data_b64) = match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(_) => (None, Some(base64_of(bytes))),
+            };
+            write_json(
+                out,
+                &Event {
+                    event: "sent",
+                    data,
+                    data_b64,
+                    ..self.event()
+                },
+            );
+        }
+    }
+
     /// Appends the `disconnect` event (JSON only).
     pub fn disconnect(&self, out: &mut Vec<u8>, totals: &ClientTotals, reason: &str) {
         if self.options.format == Format::Json {
@@ -223,6 +253,7 @@ impl ClientFormat {
                     reason: Some(reason),
                     messages: Some(totals.messages),
                     bytes: Some(totals.bytes),
+                    sent: Some(totals.sent),
                     connected_ms: Some(millis(totals.connected_for)),
                     ..self.event()
                 },
@@ -264,6 +295,8 @@ impl ClientFormat {
 pub struct ClientTotals {
     pub messages: u64,
     pub bytes: u64,
+    /// Bytes sent to the client: greeting, echo and typed messages.
+    pub sent: u64,
     pub connected_for: Duration,
 }
 
@@ -296,6 +329,9 @@ pub struct Event<'a> {
     pub messages: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Bytes sent to the client (`disconnect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected_ms: Option<u64>,
 }

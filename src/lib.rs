@@ -34,12 +34,14 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod framing;
+pub mod outbox;
 pub mod output;
 mod platform;
 mod poll;
 pub mod server;
 pub mod shutdown;
 pub mod summary;
+pub mod talk;
 pub mod threads;
 pub mod worker;
 

@@ -79,30 +79,40 @@ fn push_hex(out: &mut Vec<u8>, byte: u8) {
     ]);
 }
 
-/// Reverses [`escape_into`]: the bytes the client sent. `None` if `text` is not escaper output.
-pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
+/// Reverses [`escape_into`]: the bytes behind escaped text, so anything overhear prints can be
+/// pasted back (typed messages are read this way). `\\` is a backslash and `\xNN` the byte
+/// NN; `\r`, `\n` and `\t` are read too, for typing. `Err` gives the offset of a backslash that
+/// starts none of these.
+pub fn unescape(text: &[u8]) -> Result<Vec<u8>, usize> {
     let mut out = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some((&first, tail)) = rest.split_first() {
+    let mut at = 0;
+    while let Some(&first) = text.get(at) {
         if first != b'\\' {
             out.push(first);
-            rest = tail;
+            at += 1;
             continue;
         }
-        match tail {
-            [b'\\', tail @ ..] => {
-                out.push(b'\\');
-                rest = tail;
-            }
-            [b'x', hi, lo, tail @ ..] => {
-                let hex = std::str::from_utf8(&[*hi, *lo]).ok()?.to_owned();
-                out.push(u8::from_str_radix(&hex, 16).ok()?);
-                rest = tail;
-            }
-            _ => return None,
-        }
+        let (byte, len) = match &text[at + 1..] {
+            [b'\\', ..] => (b'\\', 2),
+            [b'r', ..] => (b'\r', 2),
+            [b'n', ..] => (b'\n', 2),
+            [b't', ..] => (b'\t', 2),
+            [b'x', hi, lo, ..] => match (hex_digit(*hi), hex_digit(*lo)) {
+                (Some(hi), Some(lo)) => (hi << 4 | lo, 4),
+                _ => return Err(at),
+            },
+            _ => return Err(at),
+        };
+        out.push(byte);
+        at += len;
     }
-    Some(out)
+    Ok(out)
+}
+
+fn hex_digit(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Where the output goes.
@@ -512,7 +522,7 @@ mod tests {
             );
             assert_eq!(
                 unescape(text.as_bytes()).as_deref(),
-                Some(c.to_string().as_bytes())
+                Ok(c.to_string().as_bytes())
             );
         }
         // Their neighbours are ordinary text.
@@ -535,7 +545,7 @@ mod tests {
             let mut out = Vec::new();
             escape_into(&mut out, sample);
             assert!(out.iter().all(|&b| b >= 0x20 || b == b'\t'));
-            assert_eq!(unescape(&out).as_deref(), Some(sample));
+            assert_eq!(unescape(&out).as_deref(), Ok(sample));
         }
     }
 
@@ -778,7 +788,7 @@ mod tests {
                 prop_assert!(text.is_ok(), "escaped output is UTF-8");
                 let text = text.unwrap_or_default();
                 prop_assert!(!text.chars().any(|c| (c.is_control() && c != '\t') || hides_text(c)));
-                prop_assert_eq!(unescape(&out), Some(bytes));
+                prop_assert_eq!(unescape(&out), Ok(bytes));
             }
         }
     }

@@ -136,6 +136,25 @@ pub fn ignore_file_size_signal() {
     }
 }
 
+/// Whether `input` is a terminal this process may read: the terminal's foreground process
+/// group is this process's. Read from the background, a terminal stops the reading process
+/// (SIGTTIN): an `overhear &` must not read it.
+pub fn reads_terminal_in_foreground(input: impl std::os::fd::AsFd) -> bool {
+    rustix::termios::tcgetpgrp(input).is_ok_and(|group| group == rustix::process::getpgrp())
+}
+
+/// Ignores SIGTTIN, so a run sent to the background after it started reading its terminal
+/// (Ctrl-Z, `bg`) is not stopped whole by its next read: the read fails instead, and the input
+/// waits until the run is in the foreground again.
+pub fn ignore_background_read_signal() {
+    #[allow(unsafe_code)]
+    // SAFETY: as for SIGXFSZ below: SIG_IGN runs no code and touches no memory; nothing else in
+    // the program handles SIGTTIN.
+    unsafe {
+        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{Level, error, info, log, warn};
@@ -24,8 +25,9 @@ use crate::output::{LogRoute, Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
+use crate::talk::{Clients, Talk};
 use crate::threads::Stacks;
-use crate::worker::{ClientId, End, LargeReads, WORKER_STACK, Worker, WorkerHandle};
+use crate::worker::{ClientId, End, LargeReads, Shared, WORKER_STACK, Worker, WorkerHandle};
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -79,6 +81,9 @@ pub struct Workers {
     stacks: Stacks,
     /// Clients the stop disconnected, joined so far.
     stop_lines: u64,
+    /// The outboxes typed messages are addressed through, when the operator's input is read:
+    /// a client's is added as its worker starts and removed as it is joined.
+    clients: Option<Clients>,
 }
 
 /// Disconnect lines logged at a stop before the rest are only counted: the summary table has
@@ -91,6 +96,7 @@ impl Default for Workers {
             live: Vec::new(),
             stacks: Stacks::new(WORKER_STACK),
             stop_lines: 0,
+            clients: None,
         }
     }
 }
@@ -101,7 +107,11 @@ impl Workers {
     /// # Errors
     /// When no thread can be started for it.
     pub fn start(&mut self, worker: Worker) -> io::Result<()> {
+        let outbox = worker.outbox();
         let handle = WorkerHandle::spawn(worker, &mut self.stacks)?;
+        if let Some(clients) = &self.clients {
+            clients.insert(handle.id(), outbox);
+        }
         self.live.push(handle);
         Ok(())
     }
@@ -155,6 +165,9 @@ impl Workers {
     /// client the stop disconnected is logged here (its worker leaves that to whoever joins it),
     /// up to [`STOP_LINES`] of them.
     fn join_one(&mut self, handle: WorkerHandle, summary: &mut Summary) -> bool {
+        if let Some(clients) = &self.clients {
+            clients.remove(handle.id());
+        }
         match handle.join(&mut self.stacks) {
             Ok(report) => {
                 let stopped = matches!(report.end, End::Stopped);
@@ -255,14 +268,30 @@ impl Server {
         let deadline = config.duration.map(|d| Instant::now() + d);
         let mut workers = Workers::default();
         let mut summary = Summary::default();
+        let (input, listening) = match config.input {
+            Some(settings) => {
+                let clients = Clients::default();
+                workers.clients = Some(clients.clone());
+                let (talk, listening) =
+                    Talk::new(clients, settings).map_err(|source| Error::Setup {
+                        what: "create the pipe that wakes workers for typed messages",
+                        source,
+                    })?;
+                (Some(talk.spawn(&shutdown)?), Some(listening))
+            }
+            None => (None, None),
+        };
         let mut accept = Acceptor {
             listener: &listener,
             config: &config,
-            shutdown: &shutdown,
-            output: &output,
             next_id: 1,
             starved: false,
-            large_reads: LargeReads::default(),
+            shared: Shared {
+                shutdown: shutdown.clone(),
+                output: output.clone(),
+                large_reads: LargeReads::default(),
+                listening,
+            },
         };
         let mut next_progress = config.progress.map(|every| Instant::now() + every);
         loop {
@@ -312,6 +341,11 @@ impl Server {
         // The stop request already wrote the stop pipe: every worker is awake and draining.
         let stopping = Instant::now();
         let stopped = workers.join_all(&mut summary);
+        if let Some(input) = input
+            && input.join().is_err()
+        {
+            error!("the input thread panicked (a bug: please report it)");
+        }
         info!(
             "stopped {} in {}",
             counted(stopped, "worker"),
@@ -357,14 +391,12 @@ impl Server {
 struct Acceptor<'a> {
     listener: &'a TcpListener,
     config: &'a Config,
-    shutdown: &'a Shutdown,
-    output: &'a Output,
     /// The number the next client gets; a number is never reused.
     next_id: u64,
     /// Whether the last accept failed (out of descriptors): later failures are not logged again.
     starved: bool,
-    /// The large read buffers the workers share.
-    large_reads: LargeReads,
+    /// What every worker gets: the stop, the output, the large read buffers, the input's bell.
+    shared: Shared,
 }
 
 impl Acceptor<'_> {
@@ -378,13 +410,13 @@ impl Acceptor<'_> {
     ) -> Duration {
         // A pipe as output is polled for nothing: poll still reports an error on it once its
         // reader is gone (`overhear | head -1`), and the run stops at once, not at the next write.
-        let pipe = self.output.watched_pipe();
+        let pipe = self.shared.output.watched_pipe();
         let mut fds = [
             Fd::new(self.listener, Flags::IN),
-            Fd::new(self.shutdown.waker(), Flags::IN),
+            Fd::new(self.shared.shutdown.waker(), Flags::IN),
             match &pipe {
                 Some(pipe) => Fd::new(pipe, Flags::empty()),
-                None => Fd::new(self.shutdown.waker(), Flags::IN),
+                None => Fd::new(self.shared.shutdown.waker(), Flags::IN),
             },
         ];
         let fds = &mut fds[..if pipe.is_some() { 3 } else { 2 }];
@@ -397,13 +429,13 @@ impl Acceptor<'_> {
             }
         }
         if fds.get(2).is_some_and(|pipe| !pipe.revents().is_empty()) {
-            self.shutdown.request(StopReason::OutputClosed);
+            self.shared.shutdown.request(StopReason::OutputClosed);
         }
-        if fds[0].revents().is_empty() || self.shutdown.is_requested() {
+        if fds[0].revents().is_empty() || self.shared.shutdown.is_requested() {
             return Duration::ZERO;
         }
         // A flood of connections must not hide a stop: check it between accepts.
-        while !self.shutdown.is_requested() {
+        while !self.shared.shutdown.is_requested() {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     if std::mem::take(&mut self.starved) {
@@ -521,10 +553,9 @@ impl Acceptor<'_> {
             id,
             peer,
             stream,
-            self.shutdown.clone(),
             self.config.worker.clone(),
-            self.output.clone(),
-            self.large_reads.clone(),
+            self.shared.clone(),
+            Arc::default(),
         );
         workers.start(worker).map_err(Refusal::NoThread)?;
         self.next_id += 1;
@@ -538,7 +569,7 @@ impl Acceptor<'_> {
         if self.config.worker.output.format == Format::Json {
             let mut event = Vec::new();
             crate::format::refused(&mut event, peer, &refusal.to_string());
-            self.output.write(&event, 0);
+            self.shared.output.write(&event, 0);
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct ClientRow {
     pub connected_for: Duration,
     pub messages: u64,
     pub bytes: u64,
+    /// Bytes sent to the client.
+    pub sent: u64,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -59,6 +61,8 @@ pub struct Summary {
     pub messages: u64,
     /// Bytes received from all clients.
     pub bytes: u64,
+    /// Bytes sent to all clients.
+    pub sent: u64,
 
     /// Connections closed without a number or a worker: access rules, `--max-conns`, no thread.
     pub refused: u64,
@@ -73,12 +77,14 @@ impl Summary {
     pub fn add(&mut self, report: &ClientReport) {
         self.messages += report.totals.messages;
         self.bytes += report.totals.bytes;
+        self.sent += report.totals.sent;
         self.busiest.push(Reverse(ByBytes(ClientRow {
             client: report.id.number(),
             peer: report.peer,
             connected_for: report.totals.connected_for,
             messages: report.totals.messages,
             bytes: report.totals.bytes,
+            sent: report.totals.sent,
         })));
         if self.busiest.len() > ROWS_KEPT {
             self.busiest.pop();
@@ -99,12 +105,13 @@ impl Summary {
         shown.sort_by_key(|row| Reverse((row.bytes, Reverse(row.client))));
         shown.truncate(ROWS_SHOWN);
         shown.sort_by_key(|row| row.client);
-        let mut cells: Vec<[String; 5]> = vec![[
+        let mut cells: Vec<[String; 6]> = vec![[
             "client".into(),
             "peer".into(),
             "connected for".into(),
             "messages".into(),
             "bytes".into(),
+            "sent".into(),
         ]];
         for row in &shown {
             cells.push([
@@ -113,6 +120,7 @@ impl Summary {
                 crate::format::rounded(row.connected_for).to_string(),
                 row.messages.to_string(),
                 row.bytes.to_string(),
+                row.sent.to_string(),
             ]);
         }
         cells.push([
@@ -121,8 +129,9 @@ impl Summary {
             String::new(),
             self.messages.to_string(),
             self.bytes.to_string(),
+            self.sent.to_string(),
         ]);
-        let widths: Vec<usize> = (0..5)
+        let widths: Vec<usize> = (0..6)
             .map(|c| {
                 cells
                     .iter()
@@ -148,7 +157,7 @@ impl Summary {
                 .iter()
                 .enumerate()
                 .map(|(c, cell)| match c {
-                    0 | 3 | 4 => format!("{cell:>w$}", w = widths[c]),
+                    0 | 3 | 4 | 5 => format!("{cell:>w$}", w = widths[c]),
                     _ => format!("{cell:<w$}", w = widths[c]),
                 })
                 .collect();
@@ -166,6 +175,7 @@ impl Summary {
             clients: u64,
             messages: u64,
             bytes: u64,
+            sent: u64,
             refused: u64,
             rows_omitted: u64,
             per_client: Vec<ClientRow>,
@@ -179,6 +189,7 @@ impl Summary {
                 clients: self.clients,
                 messages: self.messages,
                 bytes: self.bytes,
+                sent: self.sent,
                 refused: self.refused,
                 rows_omitted: self.clients.saturating_sub(per_client.len() as u64),
                 per_client,
@@ -200,8 +211,10 @@ mod tests {
             totals: ClientTotals {
                 messages: 1,
                 bytes,
+                sent: 3 * n,
                 connected_for: Duration::from_millis(1500),
             },
+            dropped: crate::outbox::Dropped::default(),
             end: End::Closed,
         }
     }
@@ -275,5 +288,7 @@ mod tests {
         assert_eq!(value["event"], "summary");
         assert_eq!(value["bytes"], 42);
         assert_eq!(value["per_client"][0]["connected_ms"], 1500);
+        assert_eq!(value["sent"], 3);
+        assert_eq!(value["per_client"][0]["sent"], 3);
     }
 }

@@ -8,6 +8,12 @@
 //! for a slow output does not count against that limit: a byte the server's kernel acknowledged
 //! is never dropped because stdout was slow. It never shuts its socket down before that drain,
 //! because a `shutdown(SHUT_RD)` discards bytes the client's kernel still holds back.
+//!
+//! A worker is also the only one that writes to its client: what its [`Outbox`] holds (the
+//! greeting, echoed bytes, typed messages) is written without blocking whenever the socket has
+//! room, so sending never keeps the worker from reading. When the operator's input is read, the
+//! worker polls the input's [`Bell`](crate::outbox::Bell) too. Before it closes, it sends what is
+//! still queued, within the drain limit.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -21,9 +27,11 @@ use log::{Level, debug, info, log, warn};
 use crate::error::describe;
 use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions, counted};
 use crate::framing::{LineFramer, Piece};
+use crate::outbox::{Chunk, Dropped, Kind, Message, Outbox};
 use crate::output::Output;
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::Shutdown;
+use crate::talk::Listening;
 use crate::threads::{Stacks, Thread};
 
 /// Bytes asked for per `read(2)` when a client starts sending. The buffer exists only while a
@@ -96,6 +104,18 @@ pub struct WorkerSettings {
     pub output: OutputOptions,
     /// Send every byte received back to its client.
     pub echo: bool,
+    /// Sent to each client as it is accepted, before anything it sends is read.
+    pub greeting: Option<Arc<Message>>,
+}
+
+/// What every worker shares with the others and the listener.
+#[derive(Clone)]
+pub struct Shared {
+    pub shutdown: Shutdown,
+    pub output: Output,
+    pub large_reads: LargeReads,
+    /// The operator's input, when it is read: its bell wakes the worker for typed messages.
+    pub listening: Option<Listening>,
 }
 
 /// Why a client's connection ended.
@@ -130,8 +150,10 @@ impl fmt::Display for End {
 pub struct ClientReport {
     pub id: ClientId,
     pub peer: SocketAddr,
-    /// Messages and bytes received, and for how long.
+    /// Messages and bytes received and sent, and for how long.
     pub totals: ClientTotals,
+    /// Typed messages the client did not get: its queue was full, or it left first.
+    pub dropped: Dropped,
     pub end: End,
 }
 
@@ -142,9 +164,21 @@ impl ClientReport {
             End::Failed(_) | End::Idle(_) => Level::Warn,
             _ => Level::Info,
         };
+        let sent = match self.totals.sent {
+            0 => String::new(),
+            n => format!("; sent {}", counted(n, "byte")),
+        };
+        let dropped = match self.dropped.messages {
+            0 => String::new(),
+            n => format!(
+                "; dropped {} of {} it did not read",
+                counted(self.dropped.bytes, "byte"),
+                counted(n, "typed message")
+            ),
+        };
         log!(
             level,
-            "{} disconnected ({}) after {}: {}, {}",
+            "{} disconnected ({}) after {}: {}, {}{sent}{dropped}",
             self.id,
             self.end,
             crate::format::rounded(self.totals.connected_for),
@@ -164,6 +198,16 @@ pub struct Worker {
     shutdown: Shutdown,
     settings: WorkerSettings,
     output: Output,
+    /// What goes to the client; shared with the operator's input, which queues typed messages.
+    outbox: Arc<Outbox>,
+    listening: Option<Listening>,
+    /// The chunk being sent and how much of it is written, while the socket has no room for
+    /// the rest.
+    sending: Option<(Chunk, usize)>,
+    /// Set when a write to the client failed: nothing more is sent.
+    cannot_send: bool,
+    /// Bytes written to the client.
+    sent: u64,
     framer: LineFramer,
     format: ClientFormat,
     /// Read buffer; allocated while the client sends, released when it goes quiet.
@@ -224,6 +268,8 @@ impl Drop for LargeRead {
 /// What a worker's poll saw.
 enum Wake {
     Readable,
+    /// Room to send, or messages to send.
+    Outgoing,
     Stop,
     Timeout,
 }
@@ -234,11 +280,16 @@ impl Worker {
         id: ClientId,
         peer: SocketAddr,
         stream: TcpStream,
-        shutdown: Shutdown,
         settings: WorkerSettings,
-        output: Output,
-        large_reads: LargeReads,
+        shared: Shared,
+        outbox: Arc<Outbox>,
     ) -> Worker {
+        let Shared {
+            shutdown,
+            output,
+            large_reads,
+            listening,
+        } = shared;
         Worker {
             id,
             peer,
@@ -249,6 +300,11 @@ impl Worker {
             format: ClientFormat::new(id, peer, settings.output),
             settings,
             output,
+            outbox,
+            listening,
+            sending: None,
+            cannot_send: false,
+            sent: 0,
             buf: Vec::new(),
             lines: Vec::new(),
             messages: 0,
@@ -264,16 +320,31 @@ impl Worker {
         }
     }
 
+    /// The client's outbox, for the listener to address typed messages through.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.outbox)
+    }
+
     fn run(mut self) -> ClientReport {
         let started = Instant::now();
         info!("{} connected from {}", self.id, self.peer);
         self.format.stamp();
         self.format.connect(&mut self.lines);
         self.hand_over();
+        if let Some(greeting) = &self.settings.greeting {
+            self.outbox.push_greeting(greeting);
+        }
         let (end, cut) = match self.serve() {
             End::Cut => (End::Stopped, true),
             end => (end, false),
         };
+        if !matches!(end, End::Failed(_)) {
+            self.send_rest(matches!(end, End::Stopped));
+        }
+        if let Some((chunk, _)) = self.sending.take() {
+            self.outbox.put_back(chunk);
+        }
+        let dropped = self.outbox.close();
         let Worker {
             framer,
             format,
@@ -292,6 +363,7 @@ impl Worker {
         let totals = ClientTotals {
             messages: self.messages,
             bytes: self.bytes,
+            sent: self.sent,
             connected_for: started.elapsed(),
         };
         self.format
@@ -301,6 +373,7 @@ impl Worker {
             id: self.id,
             peer: self.peer,
             totals,
+            dropped,
             end,
         };
         // At a stop thousands of workers end at once, and as many threads contending for stderr
@@ -321,13 +394,14 @@ impl Worker {
                     _ => return End::Idle(idle),
                 }
             }
+            self.send();
             let wake = match self.wait(wait) {
                 Ok(wake) => wake,
                 Err(err) => return End::Failed(err),
             };
             match wake {
                 Wake::Stop => return self.drain(),
-                Wake::Timeout => {}
+                Wake::Timeout | Wake::Outgoing => {}
                 Wake::Readable => match self.read_available() {
                     Ok(Some(end)) => return end,
                     Ok(None) => {}
@@ -337,20 +411,137 @@ impl Worker {
         }
     }
 
-    /// Polls the socket and the stop pipe for at most `timeout`.
+    /// Polls the socket, the stop pipe and (when the operator's input is read) its bell for at
+    /// most `timeout`. The socket is polled for room while a chunk waits to be sent, and not for
+    /// bytes while too much echo waits.
     fn wait(&self, timeout: Duration) -> io::Result<Wake> {
+        // Taken before the outbox is looked at, so a message queued after the look rings it.
+        let bell = self.listening.as_ref().map(|l| l.bell.current());
+        if self.sending.is_none() && self.outbox.is_ready() && !self.cannot_send {
+            return Ok(Wake::Outgoing);
+        }
+        let mut interest = Flags::IN;
+        if self.echo_held() {
+            interest = Flags::empty();
+        }
+        if self.sending.is_some() {
+            interest |= Flags::OUT;
+        }
         let mut fds = [
-            Fd::new(&self.stream, Flags::IN),
+            Fd::new(&self.stream, interest),
             Fd::new(self.shutdown.waker(), Flags::IN),
+            match &bell {
+                Some(pipe) => Fd::new(pipe.waker(), Flags::IN),
+                None => Fd::new(self.shutdown.waker(), Flags::IN),
+            },
         ];
-        let ready = poll::wait(&mut fds, timeout)?;
+        let fds = &mut fds[..if bell.is_some() { 3 } else { 2 }];
+        let ready = poll::wait(fds, timeout)?;
+        let socket = fds[0].revents();
         if !fds[1].revents().is_empty() || self.stop.load(Ordering::Relaxed) {
             Ok(Wake::Stop)
         } else if ready == 0 {
             Ok(Wake::Timeout)
-        } else {
+        } else if socket.intersects(Flags::IN | Flags::HUP | Flags::ERR) {
             // IN, HUP or ERR: the read says which.
             Ok(Wake::Readable)
+        } else {
+            Ok(Wake::Outgoing)
+        }
+    }
+
+    /// Whether reading waits until the client reads the echo already waiting for it.
+    fn echo_held(&self) -> bool {
+        self.settings.echo && !self.cannot_send && self.outbox.echo_held()
+    }
+
+    /// Writes what the outbox holds until it is empty or the socket has no room; records each
+    /// greeting and typed message sent whole. A failed write ends sending (the read that follows
+    /// says why the client is gone).
+    fn send(&mut self) {
+        if self.cannot_send {
+            return;
+        }
+        loop {
+            let (chunk, offset) = match self.sending.take() {
+                Some(sending) => sending,
+                None => match self.outbox.next() {
+                    Some(chunk) => (chunk, 0),
+                    None => return,
+                },
+            };
+            match (&self.stream).write(&chunk.bytes()[offset..]) {
+                Ok(written) if offset + written == chunk.bytes().len() => self.sent_whole(&chunk),
+                Ok(written) => self.sending = Some((chunk, offset + written)),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                    self.sending = Some((chunk, offset));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.sending = Some((chunk, offset));
+                    return;
+                }
+                Err(err) => {
+                    debug!("{}: cannot send: {}", self.id, describe(&err));
+                    self.outbox.put_back(chunk);
+                    self.cannot_send = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Counts a chunk sent whole, logs it and, in JSON, records it as a `sent` event.
+    fn sent_whole(&mut self, chunk: &Chunk) {
+        let bytes = chunk.bytes();
+        self.sent += bytes.len() as u64;
+        self.outbox.sent(chunk);
+        if chunk.kind() != Kind::Echo {
+            debug!(
+                "sent {} to {}",
+                counted(bytes.len() as u64, "byte"),
+                self.id
+            );
+            if self.settings.output.format == Format::Json {
+                self.format.stamp();
+                self.format.sent(&mut self.lines, bytes);
+                self.hand_over();
+            }
+        }
+    }
+
+    /// Before the connection closes: sends what is still queued. At a stop, first lets the
+    /// operator's input finish (a line typed just before the stop is queued then); both within
+    /// the drain limit. Otherwise (the client closed or idled) it gets the same limit from now.
+    fn send_rest(&mut self, stopping: bool) {
+        let start = Instant::now();
+        let past = |worker: &Worker| {
+            if stopping {
+                worker.past_drain_limit()
+            } else {
+                start.elapsed() >= DRAIN_LIMIT
+            }
+        };
+        if stopping {
+            while let Some(listening) = &self.listening {
+                let pipe = listening.bell.current();
+                if listening.is_finished() || past(self) {
+                    break;
+                }
+                let mut fds = [Fd::new(pipe.waker(), Flags::IN)];
+                if poll::wait(&mut fds, self.settings.poll_interval.min(DRAIN_GRACE)).is_err() {
+                    break;
+                }
+            }
+        }
+        loop {
+            self.send();
+            if self.sending.is_none() || self.cannot_send || past(self) {
+                return;
+            }
+            let mut fds = [Fd::new(&self.stream, Flags::OUT)];
+            if poll::wait(&mut fds, DRAIN_GRACE).is_err() {
+                return;
+            }
         }
     }
 
@@ -395,6 +586,11 @@ impl Worker {
                         }
                     }
                     if self.draining && self.owed == 0 && self.past_drain_limit() {
+                        break;
+                    }
+                    // Too much echo waits for the client to read: wait for room before reading on
+                    // (at a stop the owed bytes are read all the same).
+                    if !self.draining && self.echo_held() {
                         break;
                     }
                 }
@@ -454,30 +650,33 @@ impl Worker {
         }
     }
 
-    /// Sends the first `n` bytes of the read buffer back to the client, waiting while its
-    /// receive window is full. Gives up on a stop or when the client no longer reads.
-    fn echo(&self, n: usize) {
+    /// Sends the first `n` bytes of the read buffer back to the client: at once if nothing else
+    /// waits and the socket has room, else queued behind what waits (the read loop stops while
+    /// too much echo waits, so the client that does not read it is slowed, not dropped).
+    fn echo(&mut self, n: usize) {
+        if self.cannot_send {
+            return;
+        }
         let mut rest = &self.buf[..n];
-        while !rest.is_empty() {
-            match (&self.stream).write(rest) {
-                Ok(written) => rest = &rest[written..],
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    let mut fds = [
-                        Fd::new(&self.stream, Flags::OUT),
-                        Fd::new(self.shutdown.waker(), Flags::IN),
-                    ];
-                    let stopping = poll::wait(&mut fds, self.settings.poll_interval)
-                        .map_or(true, |_| !fds[1].revents().is_empty());
-                    if stopping || self.stop.load(Ordering::Relaxed) {
+        if self.sending.is_none() && !self.outbox.is_ready() {
+            while !rest.is_empty() {
+                match (&self.stream).write(rest) {
+                    Ok(written) => {
+                        rest = &rest[written..];
+                        self.sent += written as u64;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => {
+                        debug!("{}: cannot echo: {}", self.id, describe(&err));
+                        self.cannot_send = true;
                         return;
                     }
                 }
-                Err(err) => {
-                    debug!("{}: cannot echo: {}", self.id, describe(&err));
-                    return;
-                }
             }
+        }
+        if !rest.is_empty() {
+            self.outbox.push_echo(rest);
         }
     }
 
@@ -669,19 +868,25 @@ mod tests {
             max_line: 1024,
             output: OutputOptions::default(),
             echo: false,
+            greeting: None,
         };
         let output = Output::new(
             crate::output::Sink::Writer(Box::new(io::sink())),
             shutdown.clone(),
         );
+        let shared = Shared {
+            shutdown: shutdown.clone(),
+            output,
+            large_reads: LargeReads::default(),
+            listening: None,
+        };
         let worker = Worker::new(
             ClientId::new(1),
             peer,
             stream,
-            shutdown.clone(),
             settings,
-            output,
-            LargeReads::default(),
+            shared,
+            Arc::default(),
         );
         let mut stacks = Stacks::new(WORKER_STACK);
         let handle = WorkerHandle::spawn(worker, &mut stacks).expect("spawn");

@@ -191,10 +191,11 @@ fn json_events_parse_and_carry_every_byte() {
         json!({"event": "refused", "peer": second_peer}),
         json!({"event": "message", "client": 1, "peer": peer, "data": "tail"}),
         json!({"event": "disconnect", "client": 1, "peer": peer, "reason": "closed by client",
-               "messages": 4, "bytes": bytes}),
-        json!({"event": "summary", "clients": 1, "messages": 4, "bytes": bytes, "refused": 1,
-               "rows_omitted": 0,
-               "per_client": [{"client": 1, "peer": peer, "messages": 4, "bytes": bytes}]}),
+               "messages": 4, "bytes": bytes, "sent": 0}),
+        json!({"event": "summary", "clients": 1, "messages": 4, "bytes": bytes, "sent": 0,
+               "refused": 1, "rows_omitted": 0,
+               "per_client": [{"client": 1, "peer": peer, "messages": 4, "bytes": bytes,
+                               "sent": 0}]}),
     ];
     for (i, (got, want)) in bare.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "event {i}\n{finished}");
@@ -638,7 +639,14 @@ fn summary_table_on_stderr() {
     let [header, rows @ .., total] = table else {
         panic!("no table at the end of stderr\n{finished}");
     };
-    let columns = ["client", "peer", "connected for", "messages", "bytes"];
+    let columns = [
+        "client",
+        "peer",
+        "connected for",
+        "messages",
+        "bytes",
+        "sent",
+    ];
     let mut from = 0;
     for column in columns {
         let at = header[from..]
@@ -649,7 +657,8 @@ fn summary_table_on_stderr() {
     // Numbers are right-aligned under their headings.
     let ends = |line: &str, word: &str| line.find(word).map(|at| at + word.len());
     let messages_end = ends(header, "messages").expect("messages heading");
-    let bytes_end = header.len();
+    let bytes_end = ends(header, "  bytes").expect("bytes heading");
+    let sent_end = header.len();
     let check_row = |row: &str, first: &str, second: &str, messages: usize, bytes: usize| {
         let words: Vec<&str> = row.split_whitespace().collect();
         assert!(words.len() >= 4, "short row {row:?}\n{finished}");
@@ -658,14 +667,17 @@ fn summary_table_on_stderr() {
             row.contains(second),
             "row {row:?} lacks {second:?}\n{finished}"
         );
-        let tail = &words[words.len() - 2..];
+        let tail = &words[words.len() - 3..];
+        // Nothing was sent to the clients.
         assert_eq!(
             tail,
-            [messages.to_string(), bytes.to_string()],
+            [messages.to_string(), bytes.to_string(), 0.to_string()],
             "row {row:?}\n{finished}"
         );
-        assert_eq!(row.len(), bytes_end, "bytes column of {row:?}\n{finished}");
-        let messages_at = row[..row.len() - tail[1].len()].trim_end().len();
+        assert_eq!(row.len(), sent_end, "sent column of {row:?}\n{finished}");
+        let bytes_at = row[..row.len() - tail[2].len()].trim_end().len();
+        assert_eq!(bytes_at, bytes_end, "bytes column of {row:?}\n{finished}");
+        let messages_at = row[..bytes_at - tail[1].len()].trim_end().len();
         assert_eq!(
             messages_at, messages_end,
             "messages column of {row:?}\n{finished}"
