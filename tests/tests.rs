@@ -2,8 +2,8 @@
 //! loopback. Helpers live in `common`; the tests in `listener` (the core), `limits` and
 //! `descriptors` (bounds and faults), `output_modes` (formats, colors, files), `edges` (output
 //! and stop at their edges: slow, blocked, closed or odd outputs), `stop` (randomized stops),
-//! `clients` (README's walk-through with nc, ncat, socat and telnet) and `first_hour` (help,
-//! manual, completions and hints).
+//! `clients` (README's walk-through with nc, ncat, socat and telnet), `first_hour` (help,
+//! manual, completions and hints) and `talk` (typed messages sent back to clients).
 //!
 //! They run on Linux, where CI runs them: they read `/proc`, and use Linux's pipe and socket
 //! controls and util-linux tools. Elsewhere the test binary is empty; the code is type-checked
@@ -19,3 +19,4 @@ mod limits;
 mod listener;
 mod output_modes;
 mod stop;
+mod talk;

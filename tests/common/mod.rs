@@ -294,21 +294,29 @@ pub struct Spawned {
     /// `None` when the test reads stdout itself ([`Spawned::start_with_own_stdout`]).
     stdout: Option<Arc<Capture>>,
     own_stdout: Option<ChildStdout>,
+    /// The server's stdin, when the test types into it ([`Spawned::start_typing`]).
+    input: Option<ChildStdin>,
 }
 
 impl Spawned {
     /// Starts `overhear --host 127.0.0.1 --port 0 --duration 0 ARGS` (each default left out if
     /// `args` gives that flag) and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> Spawned {
-        Spawned::launch(args, true)
+        Spawned::launch(args, true, false)
     }
 
     /// Like [`Spawned::start`], but stdout is left for the test: see [`Spawned::take_stdout`].
     pub fn start_with_own_stdout(args: &[&str]) -> Spawned {
-        Spawned::launch(args, false)
+        Spawned::launch(args, false, false)
     }
 
-    fn launch(args: &[&str], capture_stdout: bool) -> Spawned {
+    /// Like [`Spawned::start`], with the server's stdin a pipe the test types into
+    /// ([`Spawned::type_bytes`]).
+    pub fn start_typing(args: &[&str]) -> Spawned {
+        Spawned::launch(args, true, true)
+    }
+
+    fn launch(args: &[&str], capture_stdout: bool, typing: bool) -> Spawned {
         let mut full: Vec<&str> = Vec::new();
         for (flag, value) in [
             ("--host", "127.0.0.1"),
@@ -321,9 +329,14 @@ impl Spawned {
         }
         full.extend_from_slice(args);
         let command = format!("overhear {}", full.join(" "));
-        let mut child = overhear(&full)
+        let mut command_line = overhear(&full);
+        if typing {
+            command_line.stdin(Stdio::piped());
+        }
+        let mut child = command_line
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run {command}: {err}"));
+        let input = child.stdin.take();
         let (stderr, _) = Capture::start("stderr", child.stderr.take().expect("piped stderr"));
         let piped_stdout = child.stdout.take().expect("piped stdout");
         let (stdout, own_stdout) = if capture_stdout {
@@ -339,6 +352,7 @@ impl Spawned {
             stderr,
             stdout,
             own_stdout,
+            input,
         };
         let line = spawned.wait_stderr("listening on ", TIMEOUT);
         spawned.addr = parse_listening(&line);
@@ -407,6 +421,23 @@ impl Spawned {
         let stream = connect(self.addr);
         self.wait_stderr(&format!("client {number} connected from "), TIMEOUT);
         stream
+    }
+
+    /// Writes `bytes` to the server's stdin (started with [`Spawned::start_typing`]).
+    pub fn type_bytes(&mut self, bytes: &[u8]) {
+        let input = self
+            .input
+            .as_mut()
+            .expect("started with start_typing, input open");
+        input
+            .write_all(bytes)
+            .and_then(|()| input.flush())
+            .unwrap_or_else(|err| panic!("cannot type into {}: {err}", self.command));
+    }
+
+    /// Closes the server's stdin: the end of its input.
+    pub fn end_input(&mut self) {
+        self.input = None;
     }
 
     /// Sends `signal` (SIGTERM, SIGINT) to the server.
@@ -630,6 +661,8 @@ pub struct Netcat {
     command: String,
     stdin: Option<ChildStdin>,
     stderr: Arc<Capture>,
+    /// What nc printed: the bytes it received from the server.
+    stdout: Arc<Capture>,
 }
 
 impl Netcat {
@@ -649,18 +682,30 @@ impl Netcat {
         let mut child = Command::new(path)
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run {command}: {err}"));
         let stdin = child.stdin.take();
         let (stderr, _) = Capture::start("nc stderr", child.stderr.take().expect("piped"));
+        let (stdout, _) = Capture::start("nc stdout", child.stdout.take().expect("piped"));
         Netcat {
             child,
             command,
             stdin,
             stderr,
+            stdout,
         }
+    }
+
+    /// Waits until nc has printed a line containing `needle` (a line the server sent it).
+    pub fn wait_received(&self, needle: &str, timeout: Duration) -> String {
+        self.stdout.wait_line(needle, timeout)
+    }
+
+    /// Every byte nc has printed so far.
+    pub fn received(&self) -> Vec<u8> {
+        self.stdout.raw()
     }
 
     /// Types `text` into nc's stdin. Returns false if nc is no longer reading it.
