@@ -17,6 +17,7 @@ use crate::access::{AccessRules, parse_network};
 use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::format::{Format, OutputOptions, Style};
+use crate::listen::{Spec, UnixMode, UnixPath};
 use crate::talk::TalkSettings;
 use crate::worker::WorkerSettings;
 
@@ -95,13 +96,33 @@ const DURATION_FORMS: &str = "500ms, 90s, 2m or 1h30m";
 struct Flags {
     /// Address to listen on: an IPv4 or IPv6 address, or a host name such as localhost
     #[arg(long, value_name = "HOST", default_value = "127.0.0.1", value_parser = parse_host,
-          value_hint = ValueHint::Hostname)]
+          value_hint = ValueHint::Hostname, conflicts_with_all = ["unix", "listen"])]
     host: IpAddr,
 
     /// Port to listen on; 0 takes a free port (the bound one is logged)
     #[arg(short, long, value_name = "PORT", default_value_t = DEFAULT_PORT,
-          value_parser = parse_port, allow_negative_numbers = true, value_hint = ValueHint::Other)]
+          value_parser = parse_port, allow_negative_numbers = true, value_hint = ValueHint::Other,
+          conflicts_with_all = ["unix", "listen"])]
     port: u16,
+
+    /// Listen for UDP datagrams on --host/--port instead of TCP; each source is a client
+    #[arg(short, long, conflicts_with_all = ["unix", "listen"])]
+    udp: bool,
+
+    /// Listen on a Unix stream socket at PATH instead of TCP (@NAME: Linux's abstract namespace)
+    #[arg(short = 'U', long, value_name = "PATH", value_parser = UnixPath::parse,
+          value_hint = ValueHint::FilePath, conflicts_with = "listen")]
+    unix: Option<UnixPath>,
+
+    /// Permissions of the Unix socket file, in octal such as 660 (default: the umask's)
+    #[arg(long, value_name = "MODE", value_parser = UnixMode::parse,
+          value_hint = ValueHint::Other)]
+    unix_mode: Option<UnixMode>,
+
+    /// Listen here too, repeatable: tcp://HOST:PORT (or HOST:PORT), udp://HOST:PORT,
+    /// unix:PATH; one numbering, one output, one stop for all
+    #[arg(long, value_name = "SPEC", value_parser = Spec::parse, value_hint = ValueHint::Other)]
+    listen: Vec<Spec>,
 
     /// Stop after this long, e.g. 500ms, 90s, 2m, 1h30m; 0 runs until Ctrl-C/SIGTERM
     #[arg(short, long, value_name = "DURATION", default_value = "2m",
@@ -249,7 +270,27 @@ impl Flags {
                 "the argument '--raw' cannot be used with '--format json'",
             ));
         }
+        if self.unix_mode.is_some() && !self.listeners().iter().any(|l| matches!(l, Spec::Unix(_)))
+        {
+            return Err(clap::Error::raw(
+                ErrorKind::MissingRequiredArgument,
+                "--unix-mode sets the permissions of a Unix socket: give --unix PATH or \
+                 --listen unix:PATH with it",
+            ));
+        }
         self.greeting().map(|_| ())
+    }
+
+    /// The listeners asked for: `--listen` ones, or the one `--host`/`--port`/`-u`/`-U` say.
+    fn listeners(&self) -> Vec<Spec> {
+        if !self.listen.is_empty() {
+            return self.listen.clone();
+        }
+        match (&self.unix, self.udp) {
+            (Some(path), _) => vec![Spec::Unix(path.clone())],
+            (None, true) => vec![Spec::Udp(SocketAddr::new(self.host, self.port))],
+            (None, false) => vec![Spec::Tcp(SocketAddr::new(self.host, self.port))],
+        }
     }
 
     /// The bytes of `--greet`: its text, with escapes read unless `--raw`.
@@ -391,7 +432,8 @@ impl Args {
             (false, FormatChoice::Text) => Format::Text,
         };
         Config {
-            addr: SocketAddr::new(flags.host, flags.port),
+            listen: flags.listeners(),
+            unix_mode: flags.unix_mode,
             duration: (!flags.duration.is_zero()).then_some(flags.duration),
             backlog: flags.backlog,
             max_conns: flags.max_conns,
@@ -750,13 +792,57 @@ mod tests {
     #[test]
     fn defaults_match_the_tutorial() {
         let config = parse(&[]).expect("no arguments").into_config();
-        assert_eq!(config.addr, "127.0.0.1:7878".parse().expect("literal"));
+        assert_eq!(
+            config.listen,
+            [Spec::Tcp("127.0.0.1:7878".parse().expect("literal"))]
+        );
+        assert_eq!(
+            config.input, None,
+            "stdin is not a terminal under cargo test"
+        );
         assert_eq!(config.duration, Some(Duration::from_secs(120)));
         assert_eq!(config.worker.poll_interval, Duration::from_secs(5));
         assert_eq!(config.worker.output.style, Style::Escaped);
         assert_eq!(config.worker.output.format, Format::Text);
         assert!(!config.worker.echo);
         assert_eq!(config.progress, None);
+    }
+
+    #[test]
+    fn listeners_come_from_one_form_or_the_other() {
+        let listen = |args: &[&str]| parse(args).map(|a| a.into_config().listen);
+        assert_eq!(
+            listen(&["-u", "-p", "5514"]).expect("udp"),
+            [Spec::Udp("127.0.0.1:5514".parse().expect("literal"))]
+        );
+        assert_eq!(
+            listen(&["-U", "/tmp/o.sock", "--unix-mode", "660"]).expect("unix"),
+            [Spec::Unix(UnixPath::File("/tmp/o.sock".into()))]
+        );
+        assert_eq!(
+            listen(&["--listen", "127.0.0.1:1", "--listen", "udp://127.0.0.1:2"]).expect("two"),
+            [
+                Spec::Tcp("127.0.0.1:1".parse().expect("literal")),
+                Spec::Udp("127.0.0.1:2".parse().expect("literal"))
+            ]
+        );
+        for bad in [
+            &["--listen", "127.0.0.1:1", "--port", "2"][..],
+            &["--listen", "127.0.0.1:1", "--host", "::1"],
+            &["--listen", "127.0.0.1:1", "-u"],
+            &["--listen", "127.0.0.1:1", "-U", "/tmp/x"],
+            &["-u", "-U", "/tmp/x"],
+            &["-U", "/tmp/x", "-p", "9"],
+            &["--unix-mode", "660"],
+            &["-U", "/tmp/x", "--unix-mode", "8"],
+            &["-U", "/tmp/x", "--unix-mode", "rw"],
+            &["--listen", "ftp://127.0.0.1:1"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?}"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+        let err = parse(&["--unix-mode", "660"]).expect_err("no unix socket");
+        assert!(err.to_string().contains("give --unix PATH"), "{err}");
     }
 
     #[test]
@@ -773,12 +859,13 @@ mod tests {
 
     #[test]
     fn hosts_take_ipv6_and_names() {
-        let ip = |host: &str| {
-            parse(&["--host", host])
-                .expect("valid")
-                .into_config()
-                .addr
-                .ip()
+        let ip = |host: &str| match parse(&["--host", host])
+            .expect("valid")
+            .into_config()
+            .listen[..]
+        {
+            [Spec::Tcp(addr)] => addr.ip(),
+            ref other => panic!("{other:?}"),
         };
         assert_eq!(ip("::1"), "::1".parse::<IpAddr>().expect("literal"));
         assert_eq!(ip("[::]"), "::".parse::<IpAddr>().expect("literal"));

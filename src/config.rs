@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::access::AccessRules;
 use crate::format::OutputOptions;
+use crate::listen::{Spec, UnixMode};
 use crate::talk::TalkSettings;
 use crate::worker::WorkerSettings;
 
@@ -29,8 +30,11 @@ pub const DEFAULT_MAX_CONNS: usize = 1000;
 /// How a server listens, how long it runs and how it prints.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to listen on; port 0 takes a free port.
-    pub addr: SocketAddr,
+    /// Where clients come in: one listener or several (TCP, UDP, Unix sockets); port 0 takes a
+    /// free port.
+    pub listen: Vec<Spec>,
+    /// Permissions of Unix socket files; `None` leaves the umask's.
+    pub unix_mode: Option<UnixMode>,
     /// Run time before stopping by itself; `None` runs until a signal.
     pub duration: Option<Duration>,
     /// Connections the kernel queues before they are accepted.
@@ -50,7 +54,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
+            listen: vec![Spec::Tcp(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                DEFAULT_PORT,
+            )))],
+            unix_mode: None,
             duration: Some(DEFAULT_DURATION),
             backlog: DEFAULT_BACKLOG,
             max_conns: DEFAULT_MAX_CONNS,

@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+
+use crate::listen::Spec;
 
 /// Exit status of a run that ended as asked: by its timer, a signal, or stdout closing.
 pub const EXIT_OK: u8 = 0;
@@ -17,8 +18,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// What ended a run badly. `main` prints it as `error: {self}` and exits with [`Error::exit_status`].
 #[derive(Debug)]
 pub enum Error {
-    /// The listening socket could not be created, bound or put into listening state.
-    Bind { addr: SocketAddr, source: io::Error },
+    /// A listening socket could not be created, bound or put into listening state.
+    Bind { listener: Spec, source: io::Error },
     /// Writing client messages to the output failed (other than the reader leaving).
     Output(io::Error),
     /// The `--output` file could not be opened.
@@ -54,8 +55,13 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Bind { addr, source } => {
-                write!(f, "cannot listen on {addr}: {}", describe(source))
+            Error::Bind { listener, source } => {
+                write!(
+                    f,
+                    "cannot listen on {}: {}",
+                    listener.address(),
+                    describe(source)
+                )
             }
             Error::Output(source) => write!(f, "cannot write output: {}", describe(source)),
             Error::OutputOpen { path, source } => {
@@ -114,7 +120,7 @@ mod tests {
     #[test]
     fn bind_error_is_one_plain_line() {
         let err = Error::Bind {
-            addr: "127.0.0.1:7878".parse().expect("literal address"),
+            listener: Spec::Tcp("127.0.0.1:7878".parse().expect("literal address")),
             source: io::Error::from_raw_os_error(98),
         };
         assert_eq!(

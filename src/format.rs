@@ -3,13 +3,13 @@
 //! formats refusals and the summary. Writing the bytes is [`crate::output::Output`]'s job.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use serde::Serialize;
 
 use crate::framing::{LineEnd, Piece};
+use crate::listen::{Peer, Spec};
 use crate::output::escape_into;
 use crate::worker::ClientId;
 
@@ -97,7 +97,9 @@ pub fn size(bytes: u64) -> String {
 #[derive(Debug, Clone)]
 pub struct ClientFormat {
     id: ClientId,
-    peer: SocketAddr,
+    peer: Peer,
+    /// The listener the client came through, named in its `connect` event.
+    listener: Spec,
     options: OutputOptions,
     /// `[N] ` (colored if asked), and `[N+] ` for continued pieces.
     prefix: Vec<u8>,
@@ -107,8 +109,8 @@ pub struct ClientFormat {
 }
 
 impl ClientFormat {
-    /// The format for client `id` connected from `peer`.
-    pub fn new(id: ClientId, peer: SocketAddr, options: OutputOptions) -> ClientFormat {
+    /// The format for client `id` connected from `peer` through `listener`.
+    pub fn new(id: ClientId, peer: Peer, listener: Spec, options: OutputOptions) -> ClientFormat {
         let (on, off) = if options.color {
             (color_of(id), RESET)
         } else {
@@ -118,6 +120,7 @@ impl ClientFormat {
         ClientFormat {
             id,
             peer,
+            listener,
             options,
             prefix: format!("{on}[{n}]{off} ").into_bytes(),
             continued_prefix: format!("{on}[{n}+]{off} ").into_bytes(),
@@ -217,6 +220,10 @@ impl ClientFormat {
                 out,
                 &Event {
                     event: "connect",
+                    listener: Some(&self.listener),
+                    pid: self.peer.credentials().and_then(|c| c.pid),
+                    uid: self.peer.credentials().map(|c| c.uid),
+                    gid: self.peer.credentials().map(|c| c.gid),
                     ..self.event()
                 },
             );
@@ -277,7 +284,7 @@ impl ClientFormat {
         Event {
             ts: &self.now,
             client: Some(self.id.number()),
-            peer: Some(self.peer),
+            peer: Some(&self.peer),
             ..Event::default()
         }
     }
@@ -308,7 +315,17 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<SocketAddr>,
+    pub peer: Option<&'a Peer>,
+    /// The listener a client came through (`connect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener: Option<&'a Spec>,
+    /// The credentials of a process on a Unix socket (`connect`), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,7 +362,7 @@ pub fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
 }
 
 /// The `refused` event for a connection turned away (it has no client number).
-pub fn refused(out: &mut Vec<u8>, peer: SocketAddr, reason: &str) {
+pub fn refused(out: &mut Vec<u8>, peer: &Peer, reason: &str) {
     write_json(
         out,
         &Event {
@@ -394,11 +411,14 @@ impl serde_json::ser::Formatter for EscapeC1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn client(options: OutputOptions) -> ClientFormat {
+        let addr: SocketAddr = "127.0.0.1:5000".parse().expect("literal");
         let mut format = ClientFormat::new(
             ClientId::new(7),
-            "127.0.0.1:5000".parse().expect("literal"),
+            Peer::Ip(addr),
+            Spec::Tcp("127.0.0.1:7878".parse().expect("literal")),
             options,
         );
         format.stamp();

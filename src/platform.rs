@@ -12,6 +12,7 @@ use std::os::fd::OwnedFd;
 use log::warn;
 
 use crate::error::describe;
+use crate::listen::Credentials;
 
 /// A pipe whose ends are non-blocking and closed on exec: (read end, write end). `pipe2(2)` sets
 /// both flags at once where it exists; macOS has no `pipe2`, so there they are set just after.
@@ -152,6 +153,69 @@ pub fn ignore_background_read_signal() {
     // the program handles SIGTTIN.
     unsafe {
         libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+    }
+}
+
+/// The credentials of the process at the other end of a Unix socket: pid, uid and gid from
+/// `SO_PEERCRED` and the command name from `/proc` on Linux; uid and gid from `getpeereid` on
+/// macOS and the BSDs (no pid there). `None` when the system will not say.
+pub fn peer_credentials(stream: &std::os::unix::net::UnixStream) -> Option<Credentials> {
+    #[cfg(target_os = "linux")]
+    {
+        let cred = rustix::net::sockopt::socket_peercred(stream).ok()?;
+        let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).ok();
+        let command = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+            .map(|comm| comm.trim_end().to_owned())
+            .filter(|comm| !comm.is_empty());
+        Some(Credentials {
+            pid,
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            command,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::os::fd::AsRawFd;
+        let (mut uid, mut gid) = (0, 0);
+        #[allow(unsafe_code)]
+        // SAFETY: getpeereid only writes the two integers it is given pointers to, both live
+        // locals, and reads the descriptor, which `stream` keeps open for the call.
+        let status = unsafe { libc::getpeereid(stream.as_raw_fd(), &mut uid, &mut gid) };
+        (status == 0).then_some(Credentials {
+            pid: None,
+            uid,
+            gid,
+            command: None,
+        })
+    }
+}
+
+/// How many datagrams the kernel dropped for `socket` because its receive buffer was full:
+/// the `drops` column of `/proc/net/udp` (or `udp6`) for the socket's inode, on Linux. `None`
+/// where the system does not count them per socket.
+pub fn udp_drops(socket: &std::net::UdpSocket) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let inode = rustix::fs::fstat(socket).ok()?.st_ino.to_string();
+        ["/proc/net/udp", "/proc/net/udp6"]
+            .into_iter()
+            .find_map(|table| {
+                let text = std::fs::read_to_string(table).ok()?;
+                text.lines().skip(1).find_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                    (fields.get(9) == Some(&inode.as_str()))
+                        .then(|| fields.get(12)?.parse().ok())
+                        .flatten()
+                })
+            })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        None
     }
 }
 

@@ -10,24 +10,27 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{Level, error, info, log, warn};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::format::{Format, counted, plural};
+use crate::listen::{Connection, Peer, Spec, StreamListener, UnixPath, udp};
 use crate::output::{LogRoute, Output, Sink};
 use crate::poll::{self, Fd, Flags};
 use crate::shutdown::{Shutdown, StopReason};
 use crate::summary::Summary;
 use crate::talk::{Clients, Talk};
 use crate::threads::Stacks;
-use crate::worker::{ClientId, End, LargeReads, Shared, WORKER_STACK, Worker, WorkerHandle};
+use crate::worker::{
+    ClientId, ClientReport, End, LargeReads, Shared, WORKER_STACK, Worker, WorkerHandle,
+};
 
 /// How long the listener waits before accepting again after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -161,25 +164,38 @@ impl Workers {
         stopped
     }
 
-    /// Joins one worker and adds its report to `summary`; returns whether the stop ended it. A
-    /// client the stop disconnected is logged here (its worker leaves that to whoever joins it),
-    /// up to [`STOP_LINES`] of them.
+    /// Adds the reports of clients a UDP receiver ended at the stop, logged as the stopped
+    /// workers are; returns how many there were.
+    pub fn add_stopped(&mut self, reports: Vec<ClientReport>, summary: &mut Summary) -> u64 {
+        let mut stopped = 0;
+        for report in reports {
+            stopped += u64::from(self.add(&report, summary));
+        }
+        stopped
+    }
+
+    /// Adds a report to `summary`; returns whether the stop ended its client. A client the stop
+    /// disconnected is logged here (its worker leaves that to whoever joins it), up to
+    /// [`STOP_LINES`] of them.
+    fn add(&mut self, report: &ClientReport, summary: &mut Summary) -> bool {
+        let stopped = matches!(report.end, End::Stopped);
+        if stopped {
+            self.stop_lines += 1;
+            if self.stop_lines <= STOP_LINES {
+                report.log();
+            }
+        }
+        summary.add(report);
+        stopped
+    }
+
+    /// Joins one worker and adds its report to `summary`; returns whether the stop ended it.
     fn join_one(&mut self, handle: WorkerHandle, summary: &mut Summary) -> bool {
         if let Some(clients) = &self.clients {
             clients.remove(handle.id());
         }
         match handle.join(&mut self.stacks) {
-            Ok(report) => {
-                let stopped = matches!(report.end, End::Stopped);
-                if stopped {
-                    self.stop_lines += 1;
-                    if self.stop_lines <= STOP_LINES {
-                        report.log();
-                    }
-                }
-                summary.add(&report);
-                stopped
-            }
+            Ok(report) => self.add(&report, summary),
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");
                 summary.panicked += 1;
@@ -189,10 +205,14 @@ impl Workers {
     }
 }
 
-/// A bound listener, ready to [`run`](Server::run).
+/// The bound listeners, ready to [`run`](Server::run).
 pub struct Server {
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    /// TCP and Unix listeners, whose clients get a worker each.
+    streams: Vec<StreamListener>,
+    /// UDP sockets, each served by one receiver thread.
+    datagrams: Vec<UdpSocket>,
+    /// What each listener is bound to, in the order given (ports chosen for port 0 filled in).
+    endpoints: Vec<Spec>,
     config: Config,
     shutdown: Shutdown,
     /// Where log records go once the output exists, if they share it.
@@ -202,29 +222,49 @@ pub struct Server {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
+            .field("endpoints", &self.endpoints)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Server {
-    /// Binds `config.addr` and listens, without accepting yet.
+    /// Binds every listener of `config.listen`, without accepting yet.
     ///
     /// # Errors
-    /// [`Error::Bind`] when the address is in use, not on this machine, or needs privileges;
-    /// [`Error::Setup`] when the stop pipe cannot be created.
+    /// [`Error::Bind`] when an address is in use, not on this machine, or needs privileges, or
+    /// a socket path is taken; [`Error::Setup`] when the stop pipe cannot be created.
     pub fn bind(config: Config) -> Result<Server, Error> {
         let shutdown = Shutdown::new()?;
-        let bind_error = |source| Error::Bind {
-            addr: config.addr,
-            source,
-        };
-        let listener = listen(config.addr, config.backlog).map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let mut streams = Vec::new();
+        let mut datagrams = Vec::new();
+        let mut endpoints = Vec::new();
+        for spec in &config.listen {
+            let bind_error = |source| Error::Bind {
+                listener: spec.clone(),
+                source,
+            };
+            let bound = match spec {
+                Spec::Udp(addr) => {
+                    let socket = udp::bind(*addr).map_err(bind_error)?;
+                    let bound = socket.local_addr().map_err(bind_error)?;
+                    datagrams.push(socket);
+                    Spec::Udp(bound)
+                }
+                _ => {
+                    let listener = StreamListener::bind(spec, config.backlog, config.unix_mode)
+                        .map_err(bind_error)?;
+                    let bound = listener.bound().map_err(bind_error)?;
+                    streams.push(listener);
+                    bound
+                }
+            };
+            endpoints.push(bound);
+        }
         Ok(Server {
-            listener,
-            local_addr,
+            streams,
+            datagrams,
+            endpoints,
             config,
             shutdown,
             log_route: None,
@@ -237,9 +277,18 @@ impl Server {
         self.log_route = Some(route);
     }
 
-    /// The address actually bound (with the real port when the config asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The address of the first TCP listener (with the real port when the config asked for
+    /// port 0), if there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoints.iter().find_map(|spec| match spec {
+            Spec::Tcp(addr) => Some(*addr),
+            _ => None,
+        })
+    }
+
+    /// What every listener is bound to, in the order of `config.listen`.
+    pub fn endpoints(&self) -> &[Spec] {
+        &self.endpoints
     }
 
     /// A handle to stop the server from another thread or a signal handler.
@@ -254,13 +303,24 @@ impl Server {
     /// [`Error::Output`] when writing to `sink` failed (a closed pipe is a normal stop).
     pub fn run(self, sink: Sink) -> Result<Summary, Error> {
         let Server {
-            listener,
-            local_addr,
+            streams,
+            datagrams,
+            endpoints,
             config,
             shutdown,
             log_route,
         } = self;
-        announce(local_addr, &config);
+        for endpoint in &endpoints {
+            announce(endpoint);
+        }
+        warn_if_open(&endpoints, &config);
+        match config.duration {
+            Some(d) => info!(
+                "stopping in {} (or on Ctrl-C/SIGTERM)",
+                humantime::format_duration(d)
+            ),
+            None => info!("running until Ctrl-C/SIGTERM"),
+        }
         let output = Output::new(sink, shutdown.clone());
         if let Some(route) = log_route {
             route.attach(&output);
@@ -268,30 +328,68 @@ impl Server {
         let deadline = config.duration.map(|d| Instant::now() + d);
         let mut workers = Workers::default();
         let mut summary = Summary::default();
-        let (input, listening) = match config.input {
-            Some(settings) => {
-                let clients = Clients::default();
-                workers.clients = Some(clients.clone());
+        let clients = config.input.map(|_| Clients::default());
+        workers.clients.clone_from(&clients);
+        let (input, listening) = match (config.input, &clients) {
+            (Some(settings), Some(clients)) => {
                 let (talk, listening) =
-                    Talk::new(clients, settings).map_err(|source| Error::Setup {
+                    Talk::new(clients.clone(), settings).map_err(|source| Error::Setup {
                         what: "create the pipe that wakes workers for typed messages",
                         source,
                     })?;
                 (Some(talk.spawn(&shutdown)?), Some(listening))
             }
-            None => (None, None),
+            _ => (None, None),
         };
+        let shared = Shared {
+            shutdown: shutdown.clone(),
+            output: output.clone(),
+            large_reads: LargeReads::default(),
+            listening,
+        };
+        let numbers = Arc::new(AtomicU64::new(1));
+        let named = endpoints.len() > 1;
+        let silent = Arc::new(Mutex::new(Vec::new()));
+        let mut receivers = Vec::new();
+        let udp_endpoints = endpoints.iter().filter(|e| matches!(e, Spec::Udp(_)));
+        for (socket, spec) in datagrams.into_iter().zip(udp_endpoints) {
+            let receiver = udp::Receiver::new(
+                socket,
+                spec.clone(),
+                shared.clone(),
+                udp::ReceiverSettings {
+                    worker: config.worker.clone(),
+                    access: config.access.clone(),
+                    max_sources: config.max_conns,
+                    silence: config.worker.idle_timeout.unwrap_or(udp::DEFAULT_SILENCE),
+                    named,
+                },
+                Arc::clone(&numbers),
+                clients.clone(),
+                Arc::clone(&silent),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("udp-{}", receivers.len() + 1))
+                .spawn(move || receiver.run())
+                .map_err(|source| Error::Setup {
+                    what: "start the thread that receives datagrams",
+                    source,
+                })?;
+            receivers.push(thread);
+        }
+        let stream_endpoints: Vec<Spec> = endpoints
+            .iter()
+            .filter(|e| !matches!(e, Spec::Udp(_)))
+            .cloned()
+            .collect();
         let mut accept = Acceptor {
-            listener: &listener,
+            listeners: &streams,
+            endpoints: &stream_endpoints,
             config: &config,
-            next_id: 1,
+            numbers: &numbers,
+            named,
             starved: false,
-            shared: Shared {
-                shutdown: shutdown.clone(),
-                output: output.clone(),
-                large_reads: LargeReads::default(),
-                listening,
-            },
+            shared,
         };
         let mut next_progress = config.progress.map(|every| Instant::now() + every);
         loop {
@@ -301,6 +399,7 @@ impl Server {
                 break;
             }
             workers.reap(&mut summary);
+            take_silent(&silent, &mut summary);
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 shutdown.request(StopReason::Timer);
@@ -308,7 +407,7 @@ impl Server {
             }
             if let (Some(due), Some(every)) = (next_progress, config.progress) {
                 if now >= due {
-                    report_progress(&workers, accept.next_id - 1, deadline);
+                    report_progress(&workers, numbers.load(Ordering::Relaxed) - 1, deadline);
                     next_progress = Some(now + every);
                 }
             }
@@ -334,13 +433,32 @@ impl Server {
         ) {
             accept.accept_queued(&mut workers, &mut summary);
         }
-        summary.clients = accept.next_id - 1;
-        // Stop accepting: a connection that comes after this is refused.
-        drop(listener);
+        // Stop accepting: a connection that comes after this is refused (and a socket file is
+        // removed).
+        drop(accept);
+        drop(streams);
         workers.stop_all();
         // The stop request already wrote the stop pipe: every worker is awake and draining.
         let stopping = Instant::now();
-        let stopped = workers.join_all(&mut summary);
+        let mut stopped = 0;
+        for receiver in receivers {
+            match receiver.join() {
+                Ok(report) => {
+                    summary.refused += report.refused;
+                    if let Some(dropped) = report.dropped {
+                        *summary.datagrams_dropped.get_or_insert(0) += dropped;
+                    }
+                    stopped += workers.add_stopped(report.stopped, &mut summary);
+                }
+                Err(_) => {
+                    error!("a UDP receiver panicked; its messages may be incomplete");
+                    summary.panicked += 1;
+                }
+            }
+        }
+        take_silent(&silent, &mut summary);
+        stopped += workers.join_all(&mut summary);
+        summary.clients = numbers.load(Ordering::Relaxed) - 1;
         if let Some(input) = input
             && input.join().is_err()
         {
@@ -376,8 +494,16 @@ impl Server {
         } else {
             String::new()
         };
+        let dropped = match summary.datagrams_dropped {
+            Some(0) => String::from("; the kernel dropped no datagram"),
+            Some(n) => format!(
+                "; the kernel dropped {} (receive buffer full)",
+                counted(n, "datagram")
+            ),
+            None => String::new(),
+        };
         info!(
-            "served {}: {}, {}; refused {}{unwritten}{panicked}",
+            "served {}: {}, {}; refused {}{dropped}{unwritten}{panicked}",
             counted(summary.clients, "client"),
             counted(summary.messages, "message"),
             counted(summary.bytes, "byte"),
@@ -387,12 +513,24 @@ impl Server {
     }
 }
 
-/// The accepting side of the run loop.
+/// Adds the reports of UDP sources that ended by their silence to the summary.
+fn take_silent(silent: &Mutex<Vec<ClientReport>>, summary: &mut Summary) {
+    let reports = std::mem::take(&mut *silent.lock().unwrap_or_else(|p| p.into_inner()));
+    for report in &reports {
+        summary.add(report);
+    }
+}
+
+/// The accepting side of the run loop: every stream listener, polled at once.
 struct Acceptor<'a> {
-    listener: &'a TcpListener,
+    listeners: &'a [StreamListener],
+    /// What each of `listeners` is bound to.
+    endpoints: &'a [Spec],
     config: &'a Config,
-    /// The number the next client gets; a number is never reused.
-    next_id: u64,
+    /// The number the next client gets, shared with the UDP receivers; never reused.
+    numbers: &'a AtomicU64,
+    /// Whether connect lines name the listener (there are several).
+    named: bool,
     /// Whether the last accept failed (out of descriptors): later failures are not logged again.
     starved: bool,
     /// What every worker gets: the stop, the output, the large read buffers, the input's bell.
@@ -411,16 +549,16 @@ impl Acceptor<'_> {
         // A pipe as output is polled for nothing: poll still reports an error on it once its
         // reader is gone (`overhear | head -1`), and the run stops at once, not at the next write.
         let pipe = self.shared.output.watched_pipe();
-        let mut fds = [
-            Fd::new(self.listener, Flags::IN),
-            Fd::new(self.shared.shutdown.waker(), Flags::IN),
-            match &pipe {
-                Some(pipe) => Fd::new(pipe, Flags::empty()),
-                None => Fd::new(self.shared.shutdown.waker(), Flags::IN),
-            },
-        ];
-        let fds = &mut fds[..if pipe.is_some() { 3 } else { 2 }];
-        match poll::wait(fds, wait) {
+        let mut fds: Vec<Fd<'_>> = self
+            .listeners
+            .iter()
+            .map(|listener| Fd::new(listener, Flags::IN))
+            .collect();
+        fds.push(Fd::new(self.shared.shutdown.waker(), Flags::IN));
+        if let Some(pipe) = &pipe {
+            fds.push(Fd::new(pipe, Flags::empty()));
+        }
+        match poll::wait(&mut fds, wait) {
             Ok(0) => return Duration::ZERO,
             Ok(_) => {}
             Err(err) => {
@@ -428,20 +566,33 @@ impl Acceptor<'_> {
                 return ACCEPT_BACKOFF;
             }
         }
-        if fds.get(2).is_some_and(|pipe| !pipe.revents().is_empty()) {
+        let count = self.listeners.len();
+        if pipe.is_some() && !fds[count + 1].revents().is_empty() {
             self.shared.shutdown.request(StopReason::OutputClosed);
         }
-        if fds[0].revents().is_empty() || self.shared.shutdown.is_requested() {
-            return Duration::ZERO;
+        let ready: Vec<usize> = (0..count)
+            .filter(|&i| !fds[i].revents().is_empty())
+            .collect();
+        drop(fds);
+        for i in ready {
+            let backoff = self.accept_all(i, workers, summary);
+            if !backoff.is_zero() {
+                return backoff;
+            }
         }
+        Duration::ZERO
+    }
+
+    /// Accepts every connection waiting on listener `i`.
+    fn accept_all(&mut self, i: usize, workers: &mut Workers, summary: &mut Summary) -> Duration {
         // A flood of connections must not hide a stop: check it between accepts.
         while !self.shared.shutdown.is_requested() {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
+            match self.listeners[i].accept() {
+                Ok((conn, peer)) => {
                     if std::mem::take(&mut self.starved) {
                         info!("accepting clients again");
                     }
-                    self.take(stream, peer, workers, summary);
+                    self.take(i, conn, peer, workers, summary);
                 }
                 Err(err) => match err.kind() {
                     io::ErrorKind::WouldBlock => return Duration::ZERO,
@@ -470,20 +621,22 @@ impl Acceptor<'_> {
     }
 
     /// At the stop: accepts the connections the kernel queued before it and starts their workers,
-    /// which find the stop at once and drain what their clients sent. Bounded by the backlog,
-    /// since that is all the kernel can have queued (more may arrive meanwhile: those are refused
-    /// when the listener closes).
+    /// which find the stop at once and drain what their clients sent. Bounded by the backlog of
+    /// each listener, since that is all the kernel can have queued (more may arrive meanwhile:
+    /// those are refused when the listener closes).
     fn accept_queued(&mut self, workers: &mut Workers, summary: &mut Summary) {
         let mut queued: u64 = 0;
-        for _ in 0..self.config.backlog.max(1) {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    queued += 1;
-                    self.take(stream, peer, workers, summary);
+        for i in 0..self.listeners.len() {
+            for _ in 0..self.config.backlog.max(1) {
+                match self.listeners[i].accept() {
+                    Ok((conn, peer)) => {
+                        queued += 1;
+                        self.take(i, conn, peer, workers, summary);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Err(_) => break,
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(_) => break,
             }
         }
         if queued > 0 {
@@ -494,43 +647,35 @@ impl Acceptor<'_> {
         }
     }
 
-    /// Gives an accepted connection a worker, or refuses it. An IPv4 client of a dual-stack
-    /// listener is known by its IPv4 address (`127.0.0.1:5000`, not `[::ffff:127.0.0.1]:5000`)
-    /// everywhere: access rules, logs, JSON and the summary.
+    /// Gives a connection accepted on listener `i` a worker, or refuses it.
     fn take(
         &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
+        i: usize,
+        conn: Connection,
+        peer: Peer,
         workers: &mut Workers,
         summary: &mut Summary,
     ) {
-        let peer = match peer {
-            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                Some(v4) => SocketAddr::from((v4, v6.port())),
-                None => peer,
-            },
-            SocketAddr::V4(_) => peer,
-        };
         let started = self
-            .admit(peer, workers, summary)
-            .and_then(|()| self.start_worker(stream, peer, workers));
+            .admit(&peer, workers, summary)
+            .and_then(|()| self.start_worker(i, conn, peer.clone(), workers));
         if let Err(refusal) = started {
-            self.refuse(peer, &refusal, summary);
+            self.refuse(&peer, &refusal, summary);
         }
     }
 
-    /// Whether `peer` may have a worker: allowed by the access rules, and under `--max-conns`
-    /// once finished workers are reaped. A refused connection is closed when its stream drops.
+    /// Whether `peer` may have a worker: allowed by the access rules (an IP peer), and under
+    /// `--max-conns` once finished workers are reaped. A refused connection is closed when it
+    /// drops.
     fn admit(
         &self,
-        peer: SocketAddr,
+        peer: &Peer,
         workers: &mut Workers,
         summary: &mut Summary,
     ) -> Result<(), Refusal> {
-        self.config
-            .access
-            .check(peer.ip())
-            .map_err(Refusal::Access)?;
+        if let Some(ip) = peer.ip_addr() {
+            self.config.access.check(ip).map_err(Refusal::Access)?;
+        }
         if workers.len() >= self.config.max_conns {
             workers.reap(summary);
         }
@@ -540,30 +685,31 @@ impl Acceptor<'_> {
         Ok(())
     }
 
-    /// Starts a worker for `stream`, numbering it.
+    /// Starts a worker for `conn`, numbering it.
     fn start_worker(
         &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
+        i: usize,
+        conn: Connection,
+        peer: Peer,
         workers: &mut Workers,
     ) -> Result<(), Refusal> {
-        stream.set_nonblocking(true).map_err(Refusal::Socket)?;
-        let id = ClientId::new(self.next_id);
+        let id = ClientId::new(self.numbers.load(Ordering::Relaxed));
         let worker = Worker::new(
             id,
             peer,
-            stream,
+            conn,
+            (self.endpoints[i].clone(), self.named),
             self.config.worker.clone(),
             self.shared.clone(),
             Arc::default(),
         );
         workers.start(worker).map_err(Refusal::NoThread)?;
-        self.next_id += 1;
+        self.numbers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Counts and reports a connection that gets no worker; its stream is already closed.
-    fn refuse(&self, peer: SocketAddr, refusal: &Refusal, summary: &mut Summary) {
+    /// Counts and reports a connection that gets no worker; it is already closed.
+    fn refuse(&self, peer: &Peer, refusal: &Refusal, summary: &mut Summary) {
         summary.refused += 1;
         warn!("refused {peer}: {refusal}");
         if self.config.worker.output.format == Format::Json {
@@ -574,45 +720,42 @@ impl Acceptor<'_> {
     }
 }
 
-/// Creates the listening socket with a deep backlog and `SO_REUSEADDR` (so a restart does not
-/// wait out TIME_WAIT; Linux still refuses a port another socket listens on).
-fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    // The kernel caps the backlog at net.core.somaxconn.
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
-/// Logs the bound address and how to connect, in the form scripts parse: `listening on ADDR`.
-fn announce(addr: SocketAddr, config: &Config) {
-    let connect_ip = match addr.ip() {
+/// Logs where a listener listens and how to reach it, in the form scripts parse: `listening on
+/// ADDR` (the bare address for TCP, `udp://…` and `unix:…` for the others).
+fn announce(endpoint: &Spec) {
+    let loopback = |addr: &SocketAddr| match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
         ip if ip.is_unspecified() => "::1".to_string(),
         ip => ip.to_string(),
     };
-    info!(
-        "listening on {addr}; connect with: nc {connect_ip} {}",
-        addr.port()
-    );
-    if !addr.ip().is_loopback() {
-        warn!(
-            "{addr} is reachable from the network and has no authentication{}",
-            if config.access.is_open() {
-                "; restrict it with --allow"
-            } else {
-                ""
-            }
-        );
-    }
-    match config.duration {
-        Some(d) => info!(
-            "stopping in {} (or on Ctrl-C/SIGTERM)",
-            humantime::format_duration(d)
-        ),
-        None => info!("running until Ctrl-C/SIGTERM"),
+    let how = match endpoint {
+        Spec::Tcp(addr) => format!("connect with: nc {} {}", loopback(addr), addr.port()),
+        Spec::Udp(addr) => format!("send with: nc -u {} {}", loopback(addr), addr.port()),
+        Spec::Unix(UnixPath::File(path)) => format!("connect with: nc -U {}", path.display()),
+        Spec::Unix(UnixPath::Abstract(name)) => {
+            format!("connect with: socat - ABSTRACT-CONNECT:{name}")
+        }
+    };
+    info!("listening on {}; {how}", endpoint.address());
+}
+
+/// Warns about each listener reachable from the network, since none has authentication.
+fn warn_if_open(endpoints: &[Spec], config: &Config) {
+    for endpoint in endpoints {
+        let (Spec::Tcp(addr) | Spec::Udp(addr)) = endpoint else {
+            continue;
+        };
+        if !addr.ip().is_loopback() {
+            warn!(
+                "{} is reachable from the network and has no authentication{}",
+                endpoint.address(),
+                if config.access.is_open() {
+                    "; restrict it with --allow"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 }
 

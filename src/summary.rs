@@ -4,12 +4,12 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::format::{counted, millis, plural, timestamp, write_json};
+use crate::listen::Peer;
 use crate::worker::ClientReport;
 
 /// Per-client rows kept for the summary: the busiest clients by bytes. Bounded, so a run that
@@ -23,7 +23,7 @@ pub const ROWS_SHOWN: usize = 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClientRow {
     pub client: u64,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     #[serde(rename = "connected_ms", serialize_with = "as_millis")]
     pub connected_for: Duration,
     pub messages: u64,
@@ -68,6 +68,8 @@ pub struct Summary {
     pub refused: u64,
     /// Workers that panicked (always 0 unless there is a bug).
     pub panicked: u64,
+    /// Datagrams the kernel dropped on UDP listeners, where the system counts them.
+    pub datagrams_dropped: Option<u64>,
     /// The busiest [`ROWS_KEPT`] clients, least busy on top.
     busiest: BinaryHeap<Reverse<ByBytes>>,
 }
@@ -80,7 +82,7 @@ impl Summary {
         self.sent += report.totals.sent;
         self.busiest.push(Reverse(ByBytes(ClientRow {
             client: report.id.number(),
-            peer: report.peer,
+            peer: report.peer.clone(),
             connected_for: report.totals.connected_for,
             messages: report.totals.messages,
             bytes: report.totals.bytes,
@@ -177,6 +179,8 @@ impl Summary {
             bytes: u64,
             sent: u64,
             refused: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            datagrams_dropped: Option<u64>,
             rows_omitted: u64,
             per_client: Vec<ClientRow>,
         }
@@ -191,6 +195,7 @@ impl Summary {
                 bytes: self.bytes,
                 sent: self.sent,
                 refused: self.refused,
+                datagrams_dropped: self.datagrams_dropped,
                 rows_omitted: self.clients.saturating_sub(per_client.len() as u64),
                 per_client,
             },
@@ -207,7 +212,7 @@ mod tests {
     fn report(n: u64, bytes: u64) -> ClientReport {
         ClientReport {
             id: ClientId::new(n),
-            peer: "127.0.0.1:4000".parse().expect("literal"),
+            peer: Peer::Ip("127.0.0.1:4000".parse().expect("literal")),
             totals: ClientTotals {
                 messages: 1,
                 bytes,

@@ -17,7 +17,6 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use log::{Level, debug, info, log, warn};
 use crate::error::describe;
 use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions, counted};
 use crate::framing::{LineFramer, Piece};
+use crate::listen::{Connection, Peer, Spec};
 use crate::outbox::{Chunk, Dropped, Kind, Message, Outbox};
 use crate::output::Output;
 use crate::poll::{self, Fd, Flags};
@@ -127,6 +127,8 @@ pub enum End {
     Stopped,
     /// The client sent nothing for the idle timeout.
     Idle(Duration),
+    /// A UDP source sent nothing for the idle timeout: how a UDP client ends.
+    Silent(Duration),
     /// Reading failed, for example a reset by the client.
     Failed(io::Error),
     /// The drain limit passed while the client was still sending: its last message is cut.
@@ -140,6 +142,11 @@ impl fmt::Display for End {
             End::Closed => f.write_str("closed by client"),
             End::Stopped | End::Cut => f.write_str("server stopping"),
             End::Idle(timeout) => write!(f, "idle for {}", humantime::format_duration(*timeout)),
+            End::Silent(timeout) => write!(
+                f,
+                "no datagram for {}",
+                humantime::format_duration(*timeout)
+            ),
             End::Failed(err) => f.write_str(&describe(err)),
         }
     }
@@ -149,7 +156,7 @@ impl fmt::Display for End {
 #[derive(Debug)]
 pub struct ClientReport {
     pub id: ClientId,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     /// Messages and bytes received and sent, and for how long.
     pub totals: ClientTotals,
     /// Typed messages the client did not get: its queue was full, or it left first.
@@ -191,8 +198,10 @@ impl ClientReport {
 /// One client's read loop; consumed by [`WorkerHandle::spawn`].
 pub struct Worker {
     id: ClientId,
-    peer: SocketAddr,
-    stream: TcpStream,
+    peer: Peer,
+    /// The listener it came through, named in the connect line when there are several.
+    listener: Option<Spec>,
+    conn: Connection,
     /// Set by the listener's [`WorkerHandle::stop`]; read between polls.
     stop: Arc<AtomicBool>,
     shutdown: Shutdown,
@@ -275,11 +284,14 @@ enum Wake {
 }
 
 impl Worker {
-    /// A worker for the client `id` connected from `peer` on `stream`.
+    /// A worker for the client `id` connected from `peer` through `listener` on `conn`.
+    /// `named` says whether the connect line names the listener (when there are several).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: ClientId,
-        peer: SocketAddr,
-        stream: TcpStream,
+        peer: Peer,
+        conn: Connection,
+        (listener, named): (Spec, bool),
         settings: WorkerSettings,
         shared: Shared,
         outbox: Arc<Outbox>,
@@ -292,12 +304,13 @@ impl Worker {
         } = shared;
         Worker {
             id,
+            format: ClientFormat::new(id, peer.clone(), listener.clone(), settings.output),
             peer,
-            stream,
+            listener: named.then_some(listener),
+            conn,
             stop: Arc::new(AtomicBool::new(false)),
             shutdown,
             framer: LineFramer::new(settings.max_line),
-            format: ClientFormat::new(id, peer, settings.output),
             settings,
             output,
             outbox,
@@ -327,7 +340,10 @@ impl Worker {
 
     fn run(mut self) -> ClientReport {
         let started = Instant::now();
-        info!("{} connected from {}", self.id, self.peer);
+        match &self.listener {
+            Some(listener) => info!("{} connected from {} on {listener}", self.id, self.peer),
+            None => info!("{} connected from {}", self.id, self.peer),
+        }
         self.format.stamp();
         self.format.connect(&mut self.lines);
         self.hand_over();
@@ -371,7 +387,7 @@ impl Worker {
         self.hand_over();
         let report = ClientReport {
             id: self.id,
-            peer: self.peer,
+            peer: self.peer.clone(),
             totals,
             dropped,
             end,
@@ -428,7 +444,7 @@ impl Worker {
             interest |= Flags::OUT;
         }
         let mut fds = [
-            Fd::new(&self.stream, interest),
+            Fd::new(&self.conn, interest),
             Fd::new(self.shutdown.waker(), Flags::IN),
             match &bell {
                 Some(pipe) => Fd::new(pipe.waker(), Flags::IN),
@@ -470,7 +486,7 @@ impl Worker {
                     None => return,
                 },
             };
-            match (&self.stream).write(&chunk.bytes()[offset..]) {
+            match (&self.conn).write(&chunk.bytes()[offset..]) {
                 Ok(written) if offset + written == chunk.bytes().len() => self.sent_whole(&chunk),
                 Ok(written) => self.sending = Some((chunk, offset + written)),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {
@@ -538,7 +554,7 @@ impl Worker {
             if self.sending.is_none() || self.cannot_send || past(self) {
                 return;
             }
-            let mut fds = [Fd::new(&self.stream, Flags::OUT)];
+            let mut fds = [Fd::new(&self.conn, Flags::OUT)];
             if poll::wait(&mut fds, DRAIN_GRACE).is_err() {
                 return;
             }
@@ -559,7 +575,7 @@ impl Worker {
             if self.buf.is_empty() {
                 self.buf = vec![0; READ_CHUNK];
             }
-            match self.stream.read(&mut self.buf) {
+            match (&self.conn).read(&mut self.buf) {
                 Ok(0) => {
                     end = Some(End::Closed);
                     break;
@@ -660,7 +676,7 @@ impl Worker {
         let mut rest = &self.buf[..n];
         if self.sending.is_none() && !self.outbox.is_ready() {
             while !rest.is_empty() {
-                match (&self.stream).write(rest) {
+                match (&self.conn).write(rest) {
                     Ok(written) => {
                         rest = &rest[written..];
                         self.sent += written as u64;
@@ -709,7 +725,7 @@ impl Worker {
     /// stopped sending before the stop never is.
     fn drain(&mut self) -> End {
         self.draining = true;
-        self.owed = match rustix::io::ioctl_fionread(&self.stream) {
+        self.owed = match self.conn.queued() {
             Ok(queued) => queued,
             Err(err) => {
                 debug!("{}: cannot ask what the socket holds: {err}", self.id);
@@ -729,7 +745,7 @@ impl Worker {
         loop {
             if self.owed == 0 {
                 self.ack_now();
-                let mut fds = [Fd::new(&self.stream, Flags::IN)];
+                let mut fds = [Fd::new(&self.conn, Flags::IN)];
                 match poll::wait(&mut fds, grace) {
                     Ok(0) => return End::Stopped,
                     Ok(_) => {}
@@ -737,7 +753,7 @@ impl Worker {
                 }
                 // Readable with nothing owed: bytes (or the close) that came after the drain
                 // began. Past the limit, only a close is still taken.
-                if self.past_drain_limit() && !self.closed_by_client() {
+                if self.past_drain_limit() && !self.conn.is_closed_by_peer() {
                     warn!("{} still sending after the stop; closing", self.id);
                     return End::Cut;
                 }
@@ -751,21 +767,10 @@ impl Worker {
         }
     }
 
-    /// Whether the connection is over with nothing left to read: a readable socket whose next
-    /// read would return end of file or an error (a reset), rather than bytes.
-    fn closed_by_client(&self) -> bool {
-        let mut byte = [0; 1];
-        match rustix::net::recv(&self.stream, &mut byte, rustix::net::RecvFlags::PEEK) {
-            Ok((0, _)) => true,
-            Ok(_) => false,
-            Err(err) => err != rustix::io::Errno::AGAIN && err != rustix::io::Errno::INTR,
-        }
-    }
-
     /// Sends a pending (delayed) ACK now, where the system allows it, so a client held back by
     /// a full window learns at once that there is room and sends the rest.
     fn ack_now(&self) {
-        if let Err(err) = crate::platform::ack_now(&self.stream) {
+        if let Err(err) = self.conn.ack_now() {
             debug!("{}: cannot ask for a quick ACK: {err}", self.id);
         }
     }
@@ -773,7 +778,7 @@ impl Worker {
 
 /// Counts `piece` (a message cut into pieces counts once) and formats it into `lines`, unless
 /// the output shows bytes rather than messages (`format` is `None`).
-fn record(
+pub(crate) fn record(
     piece: Piece<'_>,
     messages: &mut u64,
     unhanded: &mut u64,
@@ -858,7 +863,8 @@ mod tests {
     #[test]
     fn a_worker_whose_stop_flag_is_set_ends_within_a_poll_interval() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
         let (stream, peer) = listener.accept().expect("accept");
         stream.set_nonblocking(true).expect("non-blocking");
         let shutdown = Shutdown::new().expect("pipe");
@@ -882,8 +888,9 @@ mod tests {
         };
         let worker = Worker::new(
             ClientId::new(1),
-            peer,
-            stream,
+            Peer::ip(peer),
+            Connection::Tcp(stream),
+            (Spec::Tcp(addr), false),
             settings,
             shared,
             Arc::default(),

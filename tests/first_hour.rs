@@ -394,10 +394,19 @@ complete_words overhear --port 80
 #[test]
 fn zsh_completes_host_names_and_files_and_nothing_else() {
     let script = stdout_of(&["--completions", "zsh"], &[]);
+    // A spec line: '--flag=[help]:VALUE:action', after the flags it conflicts with, if any:
+    // '(-U --unix --listen)--host=[…'.
     let spec = |flag: &str| {
         script
             .lines()
-            .find(|line| line.starts_with(&format!("'{flag}=[")))
+            .find(|line| {
+                let line = line.strip_prefix('\'').unwrap_or(line);
+                let line = match line.strip_prefix('(') {
+                    Some(rest) => rest.split_once(')').map_or(rest, |(_, after)| after),
+                    None => line,
+                };
+                line.starts_with(&format!("{flag}=["))
+            })
             .unwrap_or_else(|| panic!("no {flag} in\n{script}"))
     };
     assert!(

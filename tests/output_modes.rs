@@ -184,7 +184,8 @@ fn json_events_parse_and_carry_every_byte() {
     // Each message says how it ended: joined with its `eol`, the data is every byte sent. The
     // last one, ended by the close, has none.
     let expected = [
-        json!({"event": "connect", "client": 1, "peer": peer}),
+        json!({"event": "connect", "client": 1, "peer": peer,
+               "listener": format!("tcp://{}", server.addr())}),
         json!({"event": "message", "client": 1, "peer": peer, "data": "hi", "eol": "\r\n"}),
         json!({"event": "message", "client": 1, "peer": peer, "data_b64": "/wE=", "eol": "\n"}),
         json!({"event": "message", "client": 1, "peer": peer, "data": "é\u{9b}", "eol": "\n"}),
