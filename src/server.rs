@@ -110,13 +110,24 @@ impl Workers {
     /// # Errors
     /// When no thread can be started for it.
     pub fn start(&mut self, worker: Worker) -> io::Result<()> {
-        let outbox = worker.outbox();
-        let handle = WorkerHandle::spawn(worker, &mut self.stacks)?;
+        // Addressable before the worker logs that its client connected: a line typed as soon
+        // as the connect line shows must reach it.
+        let id = worker.id();
         if let Some(clients) = &self.clients {
-            clients.insert(handle.id(), outbox);
+            clients.insert(id, worker.outbox());
         }
-        self.live.push(handle);
-        Ok(())
+        match WorkerHandle::spawn(worker, &mut self.stacks) {
+            Ok(handle) => {
+                self.live.push(handle);
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(clients) = &self.clients {
+                    clients.remove(id);
+                }
+                Err(err)
+            }
+        }
     }
 
     /// How many workers are running.

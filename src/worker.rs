@@ -333,6 +333,11 @@ impl Worker {
         }
     }
 
+    /// The client's number.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
     /// The client's outbox, for the listener to address typed messages through.
     pub fn outbox(&self) -> Arc<Outbox> {
         Arc::clone(&self.outbox)

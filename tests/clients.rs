@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{Signal, Spawned, TIMEOUT};
+use crate::common::{Signal, Spawned, TIMEOUT, installed};
 
 /// A client program with its stdin piped (what the user types) and its output kept. Killed and
 /// reaped when dropped.
@@ -109,11 +109,6 @@ impl Drop for Client {
             let _ = self.child.wait();
         }
     }
-}
-
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn args(words: &[&str]) -> Vec<String> {

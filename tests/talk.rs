@@ -11,7 +11,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    LONG_TIMEOUT, Netcat, Signal, Spawned, TIMEOUT, bin, connect, netcat_available, send,
+    LONG_TIMEOUT, Netcat, Signal, Spawned, TIMEOUT, bin, connect, installed, netcat_available, send,
 };
 
 /// The bytes received so far and whether EOF came, with the condition that signals a change.
@@ -534,11 +534,6 @@ fn decode_base64(text: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// A child process killed and reaped when dropped.

@@ -3,7 +3,8 @@
 //! `descriptors` (bounds and faults), `output_modes` (formats, colors, files), `edges` (output
 //! and stop at their edges: slow, blocked, closed or odd outputs), `stop` (randomized stops),
 //! `clients` (README's walk-through with nc, ncat, socat and telnet), `first_hour` (help,
-//! manual, completions and hints) and `talk` (typed messages sent back to clients).
+//! manual, completions and hints) `talk` (typed messages sent back to clients) and `ways_in` (Unix sockets, UDP, several
+//! listeners).
 //!
 //! They run on Linux, where CI runs them: they read `/proc`, and use Linux's pipe and socket
 //! controls and util-linux tools. Elsewhere the test binary is empty; the code is type-checked
@@ -20,3 +21,4 @@ mod listener;
 mod output_modes;
 mod stop;
 mod talk;
+mod ways_in;

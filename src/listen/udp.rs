@@ -313,7 +313,6 @@ impl Receiver {
         } else {
             String::new()
         };
-        info!("{id} connected from {peer} (udp){on}");
         let mut format = ClientFormat::new(
             id,
             peer.clone(),
@@ -326,9 +325,11 @@ impl Receiver {
         if let Some(greeting) = &self.settings.worker.greeting {
             outbox.push_greeting(greeting);
         }
+        // Addressable before its connect line shows.
         if let Some(clients) = &self.clients {
             clients.insert(id, Arc::clone(&outbox));
         }
+        info!("{id} connected from {peer} (udp){on}");
         let now = Instant::now();
         self.sources.insert(
             from,

@@ -318,12 +318,17 @@ impl Spawned {
 
     fn launch(args: &[&str], capture_stdout: bool, typing: bool) -> Spawned {
         let mut full: Vec<&str> = Vec::new();
+        // --host and --port go with a TCP or UDP listener only.
+        let other_listener = args
+            .iter()
+            .any(|a| ["-U", "--unix", "--listen"].contains(a));
         for (flag, value) in [
             ("--host", "127.0.0.1"),
             ("--port", "0"),
             ("--duration", "0"),
         ] {
-            if !args.contains(&flag) {
+            let implied = flag == "--duration" || !other_listener;
+            if implied && !args.contains(&flag) {
                 full.extend([flag, value]);
             }
         }
@@ -355,8 +360,23 @@ impl Spawned {
             input,
         };
         let line = spawned.wait_stderr("listening on ", TIMEOUT);
-        spawned.addr = parse_listening(&line);
+        if let Some(addr) = listening_addr(&line) {
+            spawned.addr = addr;
+        }
         spawned
+    }
+
+    /// What every listener listens on, as its `listening on X;` lines say (`127.0.0.1:PORT`,
+    /// `udp://127.0.0.1:PORT`, `unix:PATH`), in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        // Logged after every listening line.
+        self.wait_stderr("Ctrl-C/SIGTERM", TIMEOUT);
+        self.stderr
+            .lines()
+            .iter()
+            .filter_map(|line| line.split_once("listening on ")?.1.split_once(';'))
+            .map(|(endpoint, _)| endpoint.to_owned())
+            .collect()
     }
 
     /// The address the server listens on.
@@ -500,12 +520,12 @@ impl Drop for Spawned {
     }
 }
 
-/// The address in a `listening on ADDR; connect with: ...` line.
-fn parse_listening(line: &str) -> SocketAddr {
+/// The address in a `listening on ADDR; connect with: ...` line, if it is a TCP address (UDP
+/// and Unix listeners are named `udp://…` and `unix:…`).
+fn listening_addr(line: &str) -> Option<SocketAddr> {
     line.split_once("listening on ")
         .and_then(|(_, rest)| rest.split_once(';'))
         .and_then(|(addr, _)| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in the listening line {line:?}"))
 }
 
 /// Polls `child` until it exits or `timeout` passes.
@@ -626,6 +646,12 @@ pub fn wait_threads(pid: u32, what: &str, timeout: Duration, done: impl Fn(&[Str
         );
         thread::sleep(POLL_STEP);
     }
+}
+
+/// Whether `program` is on the PATH.
+pub fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// The netcat-openbsd binary the CI installs (`nc.openbsd`, which `/usr/bin/nc` points to), or

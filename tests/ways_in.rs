@@ -1,0 +1,471 @@
+//! More ways in: Unix stream sockets (`-U`, with the peer's credentials), UDP sources (`-u`),
+//! and several listeners in one run (`--listen`), met by the clients people point at them:
+//! `nc -U`, `nc -u`, `logger`, `socat`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::common::{
+    Netcat, Signal, Spawned, TIMEOUT, connect, installed, netcat_available, run_to_end, send,
+};
+
+/// A socket path in a fresh directory of its own, removed with it.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn new(tag: &str) -> SocketDir {
+        let dir = std::env::temp_dir().join(format!("overhear-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make a directory");
+        SocketDir(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("UTF-8 path").to_owned()
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a client program to its end with `input` on its stdin; panics if it fails.
+fn run_client(program: &str, args: &[&str], input: &[u8]) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(input).expect("write the client's input");
+    }
+    let output = child.wait_with_output().expect("wait for the client");
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The address of a UDP listener from its `listening on udp://ADDR;` line.
+fn udp_addr(server: &Spawned) -> SocketAddr {
+    let endpoints = server.endpoints();
+    endpoints
+        .iter()
+        .find_map(|e| e.strip_prefix("udp://")?.parse().ok())
+        .unwrap_or_else(|| panic!("no UDP listener in {endpoints:?}"))
+}
+
+/// Three `nc -U` clients and `logger -u`: numbered, attributed to their process (pid, uid and
+/// command), each message whole; the socket file has the mode asked for and is gone after the
+/// run.
+#[test]
+fn unix_clients_are_numbered_and_named_by_their_process() {
+    if !netcat_available() {
+        return;
+    }
+    let dir = SocketDir::new("unix");
+    let path = dir.path("o.sock");
+    let mut server = Spawned::start(&["-U", &path, "--unix-mode", "600", "--format", "json"]);
+    assert_eq!(server.endpoints(), [format!("unix:{path}")]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&path).expect("socket file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let mut clients = Vec::new();
+    for n in 1..=3 {
+        let mut nc = Netcat::start(&["-U", &path]);
+        let line = server.wait_stderr(&format!("client {n} connected from pid "), TIMEOUT);
+        assert!(line.contains(", nc"), "{line}");
+        assert!(nc.type_text(&format!("from nc {n}\n")));
+        clients.push(nc);
+    }
+    server.wait_stdout("from nc 3", TIMEOUT);
+    if installed("logger") {
+        run_client("logger", &["-u", &path, "one record"], b"");
+        let line = server.wait_stderr("client 4 connected from pid ", TIMEOUT);
+        assert!(line.contains(", logger)"), "{line}");
+        server.wait_stdout("one record", TIMEOUT);
+    }
+    let finished = server.stop(Signal::TERM);
+    let events: Vec<serde_json::Value> = finished
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .collect();
+    for n in 1..=3u64 {
+        let connect = events
+            .iter()
+            .find(|e| e["event"] == "connect" && e["client"] == n)
+            .unwrap_or_else(|| panic!("no connect event for {n}\n{finished}"));
+        assert!(connect["pid"].as_u64().is_some_and(|p| p > 0), "{connect}");
+        assert_eq!(
+            connect["uid"],
+            rustix::process::getuid().as_raw(),
+            "{connect}"
+        );
+        assert_eq!(connect["listener"], format!("unix:{path}"), "{connect}");
+        let message = events
+            .iter()
+            .find(|e| e["event"] == "message" && e["client"] == n)
+            .unwrap_or_else(|| panic!("no message from {n}\n{finished}"));
+        assert_eq!(message["data"], format!("from nc {n}"), "{finished}");
+    }
+    if installed("logger") {
+        let logged: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["event"] == "message" && e["client"] == 4)
+            .collect();
+        assert_eq!(
+            logged.len(),
+            1,
+            "logger's record is one message\n{finished}"
+        );
+        assert!(
+            logged[0]["data"]
+                .as_str()
+                .is_some_and(|d| d.ends_with("one record")),
+            "{finished}"
+        );
+    }
+    assert!(!Path::new(&path).exists(), "the socket file is left behind");
+}
+
+/// A stale socket file (nobody accepts on it) is replaced; a live one, and a file that is not a
+/// socket, are errors naming the path (exit 1), and are left alone.
+#[test]
+fn socket_files_are_replaced_only_when_stale() {
+    let dir = SocketDir::new("stale");
+    let stale = dir.path("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    assert!(
+        Path::new(&stale).exists(),
+        "a closed listener leaves its file"
+    );
+    let mut server = Spawned::start(&["-U", &stale]);
+    server.wait_stderr("replacing the stale socket file", TIMEOUT);
+    let mut client = UnixStream::connect(&stale).expect("connect to the new socket");
+    std::io::Write::write_all(&mut client, b"after the stale one\n").expect("send");
+    server.wait_stdout("[1] after the stale one", TIMEOUT);
+
+    // Now it is live: a second run must not take it.
+    let out = run_to_end(&["-U", &stale, "-d", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot listen on unix:{stale}: another process listens on it"
+        )),
+        "{stderr}"
+    );
+    server.stop(Signal::TERM);
+
+    let plain = dir.path("plain.txt");
+    std::fs::write(&plain, "keep me").expect("write a file");
+    let out = run_to_end(&["-U", &plain, "-d", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on unix:{plain}: a file that is not a socket"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&plain).expect("still there"),
+        "keep me"
+    );
+}
+
+/// `@name` listens in Linux's abstract namespace: no file, and socat connects by name.
+#[test]
+fn abstract_names_need_no_file() {
+    if !installed("socat") {
+        assert!(std::env::var_os("CI").is_none(), "socat is missing");
+        return;
+    }
+    let name = format!("overhear-test-{}", std::process::id());
+    let mut server = Spawned::start(&["-U", &format!("@{name}")]);
+    assert_eq!(server.endpoints(), [format!("unix:@{name}")]);
+    run_client(
+        "socat",
+        &["-", &format!("ABSTRACT-CONNECT:{name}")],
+        b"by name\n",
+    );
+    server.wait_stdout("[1] by name", TIMEOUT);
+    server.stop(Signal::TERM).assert_success();
+}
+
+/// Two `nc -u` senders and `logger --udp`: each source a client; a datagram without a line end
+/// is a message of its own; the summary counts every source.
+#[test]
+fn udp_sources_are_clients() {
+    if !netcat_available() {
+        return;
+    }
+    let mut server = Spawned::start(&["-u"]);
+    let addr = udp_addr(&server);
+    let port = addr.port().to_string();
+    run_client("nc", &["-u", "-q0", "127.0.0.1", &port], b"one\ntwo");
+    server.wait_stderr("client 1 connected from 127.0.0.1:", TIMEOUT);
+    run_client("nc", &["-u", "-q0", "127.0.0.1", &port], b"second sender\n");
+    server.wait_stderr("client 2 connected from 127.0.0.1:", TIMEOUT);
+    if installed("logger") {
+        run_client(
+            "logger",
+            &["--udp", "-n", "127.0.0.1", "-P", &port, "via logger"],
+            b"",
+        );
+        server.wait_stdout("via logger", TIMEOUT);
+    }
+    server.wait_stdout("[2] second sender", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    let stdout: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(
+        stdout[..3],
+        ["[1] one", "[1] two", "[2] second sender"],
+        "{finished}"
+    );
+    if installed("logger") {
+        assert!(stdout[3].starts_with("[3] <13>") && stdout[3].ends_with("via logger"));
+        finished.assert_stderr_has("served 3 clients: 4 messages");
+    }
+    finished.assert_stderr_has("(udp)");
+    finished.assert_stderr_has("the kernel dropped no datagram");
+}
+
+/// A UDP client ends after its silence (`--idle-timeout`), with the usual disconnect line; the
+/// next datagram from the same address is a new client.
+#[test]
+fn a_silent_udp_source_ends_and_comes_back_as_a_new_client() {
+    let mut server = Spawned::start(&["-u", "--idle-timeout", "300ms"]);
+    let addr = udp_addr(&server);
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sender.send_to(b"first\n", addr).expect("send");
+    server.wait_stderr("client 1 disconnected (no datagram for 300ms)", TIMEOUT);
+    sender.send_to(b"again\n", addr).expect("send");
+    server.wait_stderr("client 2 connected from", TIMEOUT);
+    server.wait_stdout("[2] again", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    finished.assert_stderr_has("served 2 clients: 2 messages");
+}
+
+/// `--max-conns 2`: a third source is refused, with one warning however many datagrams it
+/// sends, and counted as refused.
+#[test]
+fn max_conns_caps_live_udp_sources() {
+    let mut server = Spawned::start(&["-u", "--max-conns", "2"]);
+    let addr = udp_addr(&server);
+    let senders: Vec<UdpSocket> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    for (i, sender) in senders.iter().enumerate().take(2) {
+        sender
+            .send_to(format!("s{i}\n").as_bytes(), addr)
+            .expect("send");
+        server.wait_stdout(&format!("s{i}"), TIMEOUT);
+    }
+    for k in 0..20 {
+        senders[2]
+            .send_to(format!("x{k}\n").as_bytes(), addr)
+            .expect("send");
+    }
+    // A datagram from an admitted source after the refused ones: when it is printed, every
+    // refused one was seen.
+    senders[0].send_to(b"last\n", addr).expect("send");
+    server.wait_stdout("[1] last", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    let third = senders[2].local_addr().expect("addr").to_string();
+    assert_eq!(
+        finished
+            .stderr
+            .matches(&format!("refused udp datagrams from {third}"))
+            .count(),
+        1,
+        "{finished}"
+    );
+    finished.assert_stderr_has("the limit of 2 live sources is reached (--max-conns)");
+    finished.assert_stderr_has("served 2 clients: 3 messages, 11 bytes; refused 1 connection");
+    assert!(!finished.stdout.contains("x0"), "{finished}");
+}
+
+/// 10,000 datagrams from 4 senders at once: every one is either printed or counted as dropped
+/// by the kernel (its receive buffer is bounded); nothing disappears unaccounted.
+#[test]
+fn a_burst_of_datagrams_is_printed_or_counted_as_dropped() {
+    let mut server = Spawned::start(&["-u", "--format", "json"]);
+    let addr = udp_addr(&server);
+    let senders: Vec<std::thread::JoinHandle<()>> = (0..4)
+        .map(|s| {
+            std::thread::spawn(move || {
+                let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                for k in 0..2500 {
+                    let datagram = format!("sender {s} datagram {k:05} {}\n", "d".repeat(60));
+                    socket.send_to(datagram.as_bytes(), addr).expect("send");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+    // The last datagrams may still wait in the socket: the stop reads them.
+    let finished = server.stop(Signal::TERM);
+    let summary: serde_json::Value = finished
+        .stdout
+        .lines()
+        .last()
+        .map(|line| serde_json::from_str(line).expect("JSON"))
+        .expect("a summary");
+    let printed = finished
+        .stdout
+        .lines()
+        .filter(|line| line.contains(r#""event":"message""#))
+        .count() as u64;
+    let dropped = summary["datagrams_dropped"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no drop count in {summary}"));
+    assert_eq!(summary["messages"], printed, "{summary}");
+    assert_eq!(
+        printed + dropped,
+        10_000,
+        "{printed} printed and {dropped} dropped of 10,000"
+    );
+    assert_eq!(summary["clients"], 4, "{summary}");
+}
+
+/// One run on TCP, UDP and a Unix socket at once: one numbering, each connect line naming its
+/// listener, one summary; the stop ends all of them with nothing lost.
+#[test]
+fn tcp_udp_and_unix_in_one_run() {
+    let dir = SocketDir::new("mixed");
+    let path = dir.path("m.sock");
+    let mut server = Spawned::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--listen",
+        &format!("unix:{path}"),
+    ]);
+    let endpoints = server.endpoints();
+    assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+    let tcp: SocketAddr = endpoints[0].parse().expect("a TCP address first, bare");
+    let udp = udp_addr(&server);
+    assert_eq!(endpoints[2], format!("unix:{path}"));
+
+    let mut stream = connect(tcp);
+    server.wait_stderr("client 1 connected from 127.0.0.1:", TIMEOUT);
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sender.send_to(b"by udp\n", udp).expect("send");
+    let line = server.wait_stderr("client 2 connected from", TIMEOUT);
+    assert!(line.ends_with(&format!("(udp) on udp://{udp}")), "{line}");
+    let mut local = UnixStream::connect(&path).expect("connect");
+    let line = server.wait_stderr("client 3 connected from pid", TIMEOUT);
+    assert!(line.ends_with(&format!("on unix:{path}")), "{line}");
+    let lines = 2000;
+    let mut tcp_text = String::new();
+    let mut unix_text = String::new();
+    for k in 0..lines {
+        tcp_text.push_str(&format!("tcp {k}\n"));
+        unix_text.push_str(&format!("unix {k}\n"));
+    }
+    send(&mut stream, tcp_text.as_bytes());
+    std::io::Write::write_all(&mut local, unix_text.as_bytes()).expect("send");
+    crate::common::wait_acknowledged(&stream);
+    let finished = server.stop(Signal::TERM);
+    let count = |prefix: &str| {
+        finished
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    };
+    assert_eq!(count("[1] tcp "), lines, "{finished}");
+    assert_eq!(count("[2] by udp"), 1, "{finished}");
+    assert_eq!(count("[3] unix "), lines, "{finished}");
+    finished.assert_stderr_has(&format!("served 3 clients: {} messages", 2 * lines + 1));
+    assert!(!Path::new(&path).exists());
+}
+
+/// Bad ways in are one line and exit 2 (usage) before anything listens.
+#[test]
+fn bad_ways_in_are_usage_errors() {
+    let long = format!("/tmp/{}", "x".repeat(120));
+    for (args, says) in [
+        (
+            &["--listen", "ftp://127.0.0.1:21"][..],
+            "unknown kind 'ftp'",
+        ),
+        (&["--listen", "127.0.0.1"], "HOST:PORT"),
+        (&["-U", &long], "too long for a Unix socket"),
+        (
+            &["-U", "/tmp/x.sock", "--unix-mode", "rw-"],
+            "not an octal mode",
+        ),
+        (&["-u", "-U", "/tmp/x.sock"], "cannot be used with"),
+        (
+            &["--listen", "127.0.0.1:0", "--port", "1"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = run_to_end(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A UDP source gets replies as datagrams: its echo (`--echo`), the greeting, and a line typed
+/// for it; a Unix client gets a typed line as a TCP client does.
+#[test]
+fn udp_and_unix_clients_are_answered() {
+    let mut server =
+        Spawned::start_typing(&["-u", "--echo", "--stdin", "always", "--greet", "hello\\n"]);
+    let addr = udp_addr(&server);
+    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    source
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    source.send_to(b"ping\n", addr).expect("send");
+    let mut buf = [0; 1024];
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (n, from) = source.recv_from(&mut buf).expect("a datagram back");
+        assert_eq!(from, addr);
+        got.push(buf[..n].to_vec());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [b"hello\n".to_vec(), b"ping\n".to_vec()],
+        "greeting and echo"
+    );
+    server.type_bytes(b"@1 pong\n");
+    let (n, _) = source.recv_from(&mut buf).expect("the typed reply");
+    assert_eq!(&buf[..n], b"pong\n");
+    let finished = server.stop(Signal::TERM);
+    finished.assert_stderr_has("sent 16 bytes");
+
+    let dir = SocketDir::new("answered");
+    let path = dir.path("a.sock");
+    let mut server = Spawned::start_typing(&["-U", &path, "--stdin", "always"]);
+    let mut local = UnixStream::connect(&path).expect("connect");
+    local.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    server.wait_stderr("client 1 connected from pid", TIMEOUT);
+    server.type_bytes(b"to the local process\n");
+    let mut reply = [0; 64];
+    let n = std::io::Read::read(&mut local, &mut reply).expect("read the reply");
+    assert_eq!(&reply[..n], b"to the local process\n");
+    server.stop(Signal::TERM).assert_success();
+}
