@@ -17,6 +17,7 @@ use crate::access::{AccessRules, parse_network};
 use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::format::{Format, OutputOptions, Style};
+use crate::listen::tls::{Identity, TlsOptions};
 use crate::listen::{Spec, UnixMode, UnixPath};
 use crate::talk::TalkSettings;
 use crate::worker::WorkerSettings;
@@ -119,8 +120,37 @@ struct Flags {
           value_hint = ValueHint::Other)]
     unix_mode: Option<UnixMode>,
 
-    /// Listen here too, repeatable: tcp://HOST:PORT (or HOST:PORT), udp://HOST:PORT,
-    /// unix:PATH; one numbering, one output, one stop for all
+    /// Speak TLS on the TCP listener: with a certificate made at start, or --tls-cert/--tls-key
+    #[arg(long, conflicts_with_all = ["udp", "unix", "listen"])]
+    tls: bool,
+
+    /// The TLS certificate chain (PEM), instead of one made at start
+    #[arg(long, value_name = "FILE", requires = "tls_key", value_hint = ValueHint::FilePath)]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519)
+    #[arg(long, value_name = "FILE", requires = "tls_cert", value_hint = ValueHint::FilePath)]
+    tls_key: Option<PathBuf>,
+
+    /// Write the certificate made at start to FILE (PEM), for clients to trust
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_cert", value_hint = ValueHint::FilePath)]
+    tls_cert_out: Option<PathBuf>,
+
+    /// Require TLS clients to present a certificate signed by a CA in FILE (PEM)
+    #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Protocols to offer TLS clients through ALPN, in order: h2,http/1.1
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_hint = ValueHint::Other)]
+    tls_alpn: Vec<String>,
+
+    /// Drop a TLS client that has not finished its handshake after this long
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = parse_positive_duration, value_hint = ValueHint::Other)]
+    tls_handshake_timeout: Duration,
+
+    /// Listen here too, repeatable: tcp://HOST:PORT (or HOST:PORT), tls://HOST:PORT,
+    /// udp://HOST:PORT, unix:PATH; one numbering, one output, one stop for all
     #[arg(long, value_name = "SPEC", value_parser = Spec::parse, value_hint = ValueHint::Other)]
     listen: Vec<Spec>,
 
@@ -278,7 +308,41 @@ impl Flags {
                  --listen unix:PATH with it",
             ));
         }
+        let tls_flag = [
+            (self.tls_cert.is_some(), "--tls-cert"),
+            (self.tls_cert_out.is_some(), "--tls-cert-out"),
+            (self.tls_client_ca.is_some(), "--tls-client-ca"),
+            (!self.tls_alpn.is_empty(), "--tls-alpn"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag));
+        if let Some(flag) = tls_flag {
+            if !self.listeners().iter().any(|l| matches!(l, Spec::Tls(_))) {
+                return Err(clap::Error::raw(
+                    ErrorKind::MissingRequiredArgument,
+                    format!("{flag} sets up TLS: give --tls or --listen tls://HOST:PORT with it"),
+                ));
+            }
+        }
         self.greeting().map(|_| ())
+    }
+
+    /// The TLS setup the flags ask for.
+    fn tls_options(&self) -> TlsOptions {
+        TlsOptions {
+            identity: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Identity::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => Identity::Generated {
+                    cert_out: self.tls_cert_out.clone(),
+                },
+            },
+            client_ca: self.tls_client_ca.clone(),
+            alpn: self.tls_alpn.clone(),
+            handshake_timeout: self.tls_handshake_timeout,
+        }
     }
 
     /// The listeners asked for: `--listen` ones, or the one `--host`/`--port`/`-u`/`-U` say.
@@ -289,6 +353,7 @@ impl Flags {
         match (&self.unix, self.udp) {
             (Some(path), _) => vec![Spec::Unix(path.clone())],
             (None, true) => vec![Spec::Udp(SocketAddr::new(self.host, self.port))],
+            (None, false) if self.tls => vec![Spec::Tls(SocketAddr::new(self.host, self.port))],
             (None, false) => vec![Spec::Tcp(SocketAddr::new(self.host, self.port))],
         }
     }
@@ -434,6 +499,7 @@ impl Args {
         Config {
             listen: flags.listeners(),
             unix_mode: flags.unix_mode,
+            tls: Some(flags.tls_options()),
             duration: (!flags.duration.is_zero()).then_some(flags.duration),
             backlog: flags.backlog,
             max_conns: flags.max_conns,

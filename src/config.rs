@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::access::AccessRules;
 use crate::format::OutputOptions;
+use crate::listen::tls::TlsOptions;
 use crate::listen::{Spec, UnixMode};
 use crate::talk::TalkSettings;
 use crate::worker::WorkerSettings;
@@ -35,6 +36,9 @@ pub struct Config {
     pub listen: Vec<Spec>,
     /// Permissions of Unix socket files; `None` leaves the umask's.
     pub unix_mode: Option<UnixMode>,
+    /// How TLS listeners identify themselves and check clients; `None` with a TLS listener makes
+    /// a certificate at start.
+    pub tls: Option<TlsOptions>,
     /// Run time before stopping by itself; `None` runs until a signal.
     pub duration: Option<Duration>,
     /// Connections the kernel queues before they are accepted.
@@ -59,6 +63,7 @@ impl Default for Config {
                 DEFAULT_PORT,
             )))],
             unix_mode: None,
+            tls: None,
             duration: Some(DEFAULT_DURATION),
             backlog: DEFAULT_BACKLOG,
             max_conns: DEFAULT_MAX_CONNS,

@@ -36,6 +36,9 @@ pub enum Error {
     Signal(ctrlc::Error),
     /// Standard output was closed at start and no `--output` file was given.
     StdoutClosed,
+    /// TLS could not be set up: a certificate or key file missing, unreadable, not PEM, or not
+    /// matching. The message names the file.
+    Tls(String),
 }
 
 impl Error {
@@ -47,7 +50,8 @@ impl Error {
             | Error::OutputOpen { .. }
             | Error::Setup { .. }
             | Error::Signal(_)
-            | Error::StdoutClosed => EXIT_FAILURE,
+            | Error::StdoutClosed
+            | Error::Tls(_) => EXIT_FAILURE,
         }
     }
 }
@@ -72,6 +76,7 @@ impl fmt::Display for Error {
             Error::StdoutClosed => f.write_str(
                 "standard output is closed: give --output FILE to write the messages to a file",
             ),
+            Error::Tls(message) => f.write_str(message),
         }
     }
 }
@@ -84,7 +89,7 @@ impl std::error::Error for Error {
             | Error::OutputOpen { source, .. }
             | Error::Setup { source, .. } => Some(source),
             Error::Signal(source) => Some(source),
-            Error::StdoutClosed => None,
+            Error::StdoutClosed | Error::Tls(_) => None,
         }
     }
 }

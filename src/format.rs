@@ -9,6 +9,7 @@ use base64::Engine;
 use serde::Serialize;
 
 use crate::framing::{LineEnd, Piece};
+use crate::listen::tls::TlsInfo;
 use crate::listen::{Peer, Spec};
 use crate::output::escape_into;
 use crate::worker::ClientId;
@@ -100,6 +101,8 @@ pub struct ClientFormat {
     peer: Peer,
     /// The listener the client came through, named in its `connect` event.
     listener: Spec,
+    /// What its TLS handshake agreed, if it speaks TLS.
+    tls: Option<TlsInfo>,
     options: OutputOptions,
     /// `[N] ` (colored if asked), and `[N+] ` for continued pieces.
     prefix: Vec<u8>,
@@ -121,11 +124,17 @@ impl ClientFormat {
             id,
             peer,
             listener,
+            tls: None,
             options,
             prefix: format!("{on}[{n}]{off} ").into_bytes(),
             continued_prefix: format!("{on}[{n}+]{off} ").into_bytes(),
             now: String::new(),
         }
+    }
+
+    /// Records what the client's TLS handshake agreed, for its `connect` event.
+    pub fn set_tls(&mut self, info: TlsInfo) {
+        self.tls = Some(info);
     }
 
     /// Takes the current time for what is formatted next, if the format shows times. Called once
@@ -221,6 +230,7 @@ impl ClientFormat {
                 &Event {
                     event: "connect",
                     listener: Some(&self.listener),
+                    tls: self.tls.as_ref(),
                     pid: self.peer.credentials().and_then(|c| c.pid),
                     uid: self.peer.credentials().map(|c| c.uid),
                     gid: self.peer.credentials().map(|c| c.gid),
@@ -320,6 +330,9 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener: Option<&'a Spec>,
     /// The credentials of a process on a Unix socket (`connect`), where known.
+    /// What a TLS client's handshake agreed (`connect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a TlsInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]

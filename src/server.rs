@@ -21,6 +21,7 @@ use crate::access::Denial;
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::format::{Format, counted, plural};
+use crate::listen::tls::Tls;
 use crate::listen::{Connection, Peer, Spec, StreamListener, UnixPath, udp};
 use crate::output::{LogRoute, Output, Sink};
 use crate::poll::{self, Fd, Flags};
@@ -224,6 +225,8 @@ pub struct Server {
     datagrams: Vec<UdpSocket>,
     /// What each listener is bound to, in the order given (ports chosen for port 0 filled in).
     endpoints: Vec<Spec>,
+    /// The TLS setup of the TLS listeners, if there are any.
+    tls: Option<Arc<Tls>>,
     config: Config,
     shutdown: Shutdown,
     /// Where log records go once the output exists, if they share it.
@@ -247,6 +250,21 @@ impl Server {
     /// a socket path is taken; [`Error::Setup`] when the stop pipe cannot be created.
     pub fn bind(config: Config) -> Result<Server, Error> {
         let shutdown = Shutdown::new()?;
+        // TLS is set up once, before anything listens, for every TLS listener.
+        let tls_hosts: Vec<std::net::IpAddr> = config
+            .listen
+            .iter()
+            .filter_map(|spec| match spec {
+                Spec::Tls(addr) => Some(addr.ip()),
+                _ => None,
+            })
+            .collect();
+        let tls = if tls_hosts.is_empty() {
+            None
+        } else {
+            let options = config.tls.clone().unwrap_or_default();
+            Some(Arc::new(Tls::build(&options, &tls_hosts)?))
+        };
         let mut streams = Vec::new();
         let mut datagrams = Vec::new();
         let mut endpoints = Vec::new();
@@ -263,8 +281,9 @@ impl Server {
                     Spec::Udp(bound)
                 }
                 _ => {
-                    let listener = StreamListener::bind(spec, config.backlog, config.unix_mode)
-                        .map_err(bind_error)?;
+                    let listener =
+                        StreamListener::bind(spec, config.backlog, config.unix_mode, tls.as_ref())
+                            .map_err(bind_error)?;
                     let bound = listener.bound().map_err(bind_error)?;
                     streams.push(listener);
                     bound
@@ -276,6 +295,7 @@ impl Server {
             streams,
             datagrams,
             endpoints,
+            tls,
             config,
             shutdown,
             log_route: None,
@@ -317,12 +337,13 @@ impl Server {
             streams,
             datagrams,
             endpoints,
+            tls,
             config,
             shutdown,
             log_route,
         } = self;
         for endpoint in &endpoints {
-            announce(endpoint);
+            announce(endpoint, tls.as_deref());
         }
         warn_if_open(&endpoints, &config);
         match config.duration {
@@ -470,9 +491,7 @@ impl Server {
         take_silent(&silent, &mut summary);
         stopped += workers.join_all(&mut summary);
         summary.clients = numbers.load(Ordering::Relaxed) - 1;
-        if let Some(input) = input
-            && input.join().is_err()
-        {
+        if input.is_some_and(|input| input.join().is_err()) {
             error!("the input thread panicked (a bug: please report it)");
         }
         info!(
@@ -513,8 +532,12 @@ impl Server {
             ),
             None => String::new(),
         };
+        let tls_failed = match summary.tls_failed {
+            0 => String::new(),
+            n => format!("; {} failed", counted(n, "TLS handshake")),
+        };
         info!(
-            "served {}: {}, {}; refused {}{dropped}{unwritten}{panicked}",
+            "served {}: {}, {}; refused {}{tls_failed}{dropped}{unwritten}{panicked}",
             counted(summary.clients, "client"),
             counted(summary.messages, "message"),
             counted(summary.bytes, "byte"),
@@ -732,8 +755,8 @@ impl Acceptor<'_> {
 }
 
 /// Logs where a listener listens and how to reach it, in the form scripts parse: `listening on
-/// ADDR` (the bare address for TCP, `udp://…` and `unix:…` for the others).
-fn announce(endpoint: &Spec) {
+/// ADDR` (the bare address for TCP and TLS, `udp://…` and `unix:…` for the others).
+fn announce(endpoint: &Spec, tls: Option<&Tls>) {
     let loopback = |addr: &SocketAddr| match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
         ip if ip.is_unspecified() => "::1".to_string(),
@@ -741,6 +764,26 @@ fn announce(endpoint: &Spec) {
     };
     let how = match endpoint {
         Spec::Tcp(addr) => format!("connect with: nc {} {}", loopback(addr), addr.port()),
+        Spec::Tls(addr) => {
+            let host = loopback(addr);
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let (fingerprint, trust) = match tls {
+                Some(tls) if tls.generated => (tls.fingerprint.as_str(), " (made at start)"),
+                Some(tls) => (tls.fingerprint.as_str(), ""),
+                None => ("", ""),
+            };
+            format!(
+                "TLS, certificate SHA-256 {fingerprint}{trust}; connect with: \
+                 openssl s_client -connect {host}:{port}, curl -k https://{host}:{port}/ or \
+                 ncat --ssl {} {port}",
+                loopback(addr),
+                port = addr.port()
+            )
+        }
         Spec::Udp(addr) => format!("send with: nc -u {} {}", loopback(addr), addr.port()),
         Spec::Unix(UnixPath::File(path)) => format!("connect with: nc -U {}", path.display()),
         Spec::Unix(UnixPath::Abstract(name)) => {
@@ -753,7 +796,7 @@ fn announce(endpoint: &Spec) {
 /// Warns about each listener reachable from the network, since none has authentication.
 fn warn_if_open(endpoints: &[Spec], config: &Config) {
     for endpoint in endpoints {
-        let (Spec::Tcp(addr) | Spec::Udp(addr)) = endpoint else {
+        let (Spec::Tcp(addr) | Spec::Tls(addr) | Spec::Udp(addr)) = endpoint else {
             continue;
         };
         if !addr.ip().is_loopback() {

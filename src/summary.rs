@@ -70,6 +70,8 @@ pub struct Summary {
     pub panicked: u64,
     /// Datagrams the kernel dropped on UDP listeners, where the system counts them.
     pub datagrams_dropped: Option<u64>,
+    /// TLS clients whose handshake failed.
+    pub tls_failed: u64,
     /// The busiest [`ROWS_KEPT`] clients, least busy on top.
     busiest: BinaryHeap<Reverse<ByBytes>>,
 }
@@ -80,6 +82,9 @@ impl Summary {
         self.messages += report.totals.messages;
         self.bytes += report.totals.bytes;
         self.sent += report.totals.sent;
+        if matches!(report.end, crate::worker::End::Handshake(_)) {
+            self.tls_failed += 1;
+        }
         self.busiest.push(Reverse(ByBytes(ClientRow {
             client: report.id.number(),
             peer: report.peer.clone(),
@@ -181,6 +186,7 @@ impl Summary {
             refused: u64,
             #[serde(skip_serializing_if = "Option::is_none")]
             datagrams_dropped: Option<u64>,
+            tls_failed: u64,
             rows_omitted: u64,
             per_client: Vec<ClientRow>,
         }
@@ -196,6 +202,7 @@ impl Summary {
                 sent: self.sent,
                 refused: self.refused,
                 datagrams_dropped: self.datagrams_dropped,
+                tls_failed: self.tls_failed,
                 rows_omitted: self.clients.saturating_sub(per_client.len() as u64),
                 per_client,
             },

@@ -26,6 +26,7 @@ use log::{Level, debug, info, log, warn};
 use crate::error::describe;
 use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions, counted};
 use crate::framing::{LineFramer, Piece};
+use crate::listen::tls::HandshakeFailure;
 use crate::listen::{Connection, Peer, Spec};
 use crate::outbox::{Chunk, Dropped, Kind, Message, Outbox};
 use crate::output::Output;
@@ -134,6 +135,8 @@ pub enum End {
     /// The drain limit passed while the client was still sending: its last message is cut.
     /// Reported as [`End::Stopped`] once the cut message is printed.
     Cut,
+    /// The TLS handshake failed (the reason); the warning said so when it happened.
+    Handshake(String),
 }
 
 impl fmt::Display for End {
@@ -148,6 +151,7 @@ impl fmt::Display for End {
                 humantime::format_duration(*timeout)
             ),
             End::Failed(err) => f.write_str(&describe(err)),
+            End::Handshake(why) => write!(f, "TLS handshake failed: {why}"),
         }
     }
 }
@@ -345,22 +349,32 @@ impl Worker {
 
     fn run(mut self) -> ClientReport {
         let started = Instant::now();
-        match &self.listener {
-            Some(listener) => info!("{} connected from {} on {listener}", self.id, self.peer),
-            None => info!("{} connected from {}", self.id, self.peer),
-        }
-        self.format.stamp();
-        self.format.connect(&mut self.lines);
-        self.hand_over();
-        if let Some(greeting) = &self.settings.greeting {
-            self.outbox.push_greeting(greeting);
-        }
-        let (end, cut) = match self.serve() {
-            End::Cut => (End::Stopped, true),
-            end => (end, false),
+        // A TLS client first completes its handshake (within its timeout, or until the stop):
+        // the connect line then says what was agreed.
+        let handshake = self.conn.handshake(self.shutdown.waker());
+        let agreed = match &handshake {
+            Some(Ok(info)) => format!(" ({info})"),
+            _ => String::new(),
         };
-        if !matches!(end, End::Failed(_)) {
+        let on = match &self.listener {
+            Some(listener) => format!(" on {listener}"),
+            None => String::new(),
+        };
+        let (end, cut) = match handshake {
+            Some(Err(HandshakeFailure::Stopped)) => (End::Stopped, false),
+            Some(Err(failure)) => {
+                warn!("{}: TLS handshake failed: {failure}", self.id);
+                (End::Handshake(failure.to_string()), false)
+            }
+            Some(Ok(info)) => {
+                self.format.set_tls(info);
+                self.serve_connected(&agreed, &on)
+            }
+            None => self.serve_connected(&agreed, &on),
+        };
+        if !matches!(end, End::Failed(_) | End::Handshake(_)) {
             self.send_rest(matches!(end, End::Stopped));
+            self.conn.close();
         }
         if let Some((chunk, _)) = self.sending.take() {
             self.outbox.put_back(chunk);
@@ -400,10 +414,27 @@ impl Worker {
         // At a stop thousands of workers end at once, and as many threads contending for stderr
         // took longer than ending them (150 ms of 370 for 10,000 clients): the listener logs
         // those as it joins them, in client order.
-        if !matches!(report.end, End::Stopped) {
+        if !matches!(report.end, End::Stopped | End::Handshake(_)) {
             report.log();
         }
         report
+    }
+
+    /// Logs the connect line (with what TLS agreed, and the listener when there are several),
+    /// sends the greeting and serves the client; returns how it ended and whether its last
+    /// message was cut.
+    fn serve_connected(&mut self, agreed: &str, on: &str) -> (End, bool) {
+        info!("{} connected from {}{agreed}{on}", self.id, self.peer);
+        self.format.stamp();
+        self.format.connect(&mut self.lines);
+        self.hand_over();
+        if let Some(greeting) = &self.settings.greeting {
+            self.outbox.push_greeting(greeting);
+        }
+        match self.serve() {
+            End::Cut => (End::Stopped, true),
+            end => (end, false),
+        }
     }
 
     fn serve(&mut self) -> End {
@@ -445,7 +476,7 @@ impl Worker {
         if self.echo_held() {
             interest = Flags::empty();
         }
-        if self.sending.is_some() {
+        if self.sending.is_some() || self.conn.wants_write() {
             interest |= Flags::OUT;
         }
         let mut fds = [
@@ -483,6 +514,15 @@ impl Worker {
         if self.cannot_send {
             return;
         }
+        match self.conn.flush_pending() {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+            Err(err) => {
+                debug!("{}: cannot send: {}", self.id, describe(&err));
+                self.cannot_send = true;
+                return;
+            }
+        }
         loop {
             let (chunk, offset) = match self.sending.take() {
                 Some(sending) => sending,
@@ -491,7 +531,7 @@ impl Worker {
                     None => return,
                 },
             };
-            match (&self.conn).write(&chunk.bytes()[offset..]) {
+            match self.conn.write(&chunk.bytes()[offset..]) {
                 Ok(written) if offset + written == chunk.bytes().len() => self.sent_whole(&chunk),
                 Ok(written) => self.sending = Some((chunk, offset + written)),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {
@@ -556,7 +596,8 @@ impl Worker {
         }
         loop {
             self.send();
-            if self.sending.is_none() || self.cannot_send || past(self) {
+            let pending = self.sending.is_some() || self.conn.wants_write();
+            if !pending || self.cannot_send || past(self) {
                 return;
             }
             let mut fds = [Fd::new(&self.conn, Flags::OUT)];
@@ -580,7 +621,7 @@ impl Worker {
             if self.buf.is_empty() {
                 self.buf = vec![0; READ_CHUNK];
             }
-            match (&self.conn).read(&mut self.buf) {
+            match self.conn.read(&mut self.buf) {
                 Ok(0) => {
                     end = Some(End::Closed);
                     break;
@@ -681,7 +722,7 @@ impl Worker {
         let mut rest = &self.buf[..n];
         if self.sending.is_none() && !self.outbox.is_ready() {
             while !rest.is_empty() {
-                match (&self.conn).write(rest) {
+                match self.conn.write(rest) {
                     Ok(written) => {
                         rest = &rest[written..];
                         self.sent += written as u64;

@@ -194,7 +194,7 @@ fn json_events_parse_and_carry_every_byte() {
         json!({"event": "disconnect", "client": 1, "peer": peer, "reason": "closed by client",
                "messages": 4, "bytes": bytes, "sent": 0}),
         json!({"event": "summary", "clients": 1, "messages": 4, "bytes": bytes, "sent": 0,
-               "refused": 1, "rows_omitted": 0,
+               "refused": 1, "tls_failed": 0, "rows_omitted": 0,
                "per_client": [{"client": 1, "peer": peer, "messages": 4, "bytes": bytes,
                                "sent": 0}]}),
     ];

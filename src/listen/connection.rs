@@ -7,11 +7,15 @@ use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
+use super::tls::{HandshakeFailure, TlsInfo, TlsStream};
+
 /// A client's connection, non-blocking.
 #[derive(Debug)]
 pub enum Connection {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A TLS session over TCP; boxed, as a session is large next to a socket.
+    Tls(Box<TlsStream>),
 }
 
 impl Connection {
@@ -41,30 +45,70 @@ impl Connection {
     pub fn ack_now(&self) -> io::Result<()> {
         match self {
             Connection::Tcp(stream) => crate::platform::ack_now(stream),
+            Connection::Tls(tls) => crate::platform::ack_now(tls.socket()),
             Connection::Unix(_) => Ok(()),
         }
     }
-}
 
-impl Read for &Connection {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Runs a TLS handshake, waking on `stop`: what it agreed, or why it failed. `None` for a
+    /// connection without TLS.
+    pub fn handshake(&mut self, stop: &impl AsFd) -> Option<Result<TlsInfo, HandshakeFailure>> {
         match self {
-            Connection::Tcp(stream) => (&*stream).read(buf),
-            Connection::Unix(stream) => (&*stream).read(buf),
+            Connection::Tls(tls) => Some(tls.handshake(stop)),
+            Connection::Tcp(_) | Connection::Unix(_) => None,
+        }
+    }
+
+    /// Whether bytes the connection took wait to be written to the socket (a TLS session's
+    /// encrypted records): then poll for room and call [`Connection::flush_pending`].
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Connection::Tls(tls) => tls.wants_write(),
+            Connection::Tcp(_) | Connection::Unix(_) => false,
+        }
+    }
+
+    /// Writes what [`Connection::wants_write`] says waits, as far as the socket takes it.
+    ///
+    /// # Errors
+    /// `WouldBlock` when some is left; others as the socket says.
+    pub fn flush_pending(&mut self) -> io::Result<()> {
+        match self {
+            Connection::Tls(tls) => tls.flush_tls(),
+            Connection::Tcp(_) | Connection::Unix(_) => Ok(()),
+        }
+    }
+
+    /// Ends the connection politely where the kind has a way to (TLS close_notify), as far
+    /// as the socket takes it at once; the socket closes when the connection drops.
+    pub fn close(&mut self) {
+        if let Connection::Tls(tls) = self {
+            tls.close();
         }
     }
 }
 
-impl Write for &Connection {
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connection::Tcp(stream) => stream.read(buf),
+            Connection::Unix(stream) => stream.read(buf),
+            Connection::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Connection::Tcp(stream) => (&*stream).write(buf),
-            Connection::Unix(stream) => (&*stream).write(buf),
+            Connection::Tcp(stream) => stream.write(buf),
+            Connection::Unix(stream) => stream.write(buf),
+            Connection::Tls(tls) => tls.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.flush_pending()
     }
 }
 
@@ -73,6 +117,7 @@ impl AsFd for Connection {
         match self {
             Connection::Tcp(stream) => stream.as_fd(),
             Connection::Unix(stream) => stream.as_fd(),
+            Connection::Tls(tls) => tls.socket().as_fd(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod connection;
 mod tcp;
+pub mod tls;
 pub mod udp;
 mod unix;
 
@@ -24,6 +25,8 @@ pub use unix::{UnixListener, UnixMode};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spec {
     Tcp(SocketAddr),
+    /// TLS over TCP (`tls://HOST:PORT`, or `--tls`).
+    Tls(SocketAddr),
     Udp(SocketAddr),
     Unix(UnixPath),
 }
@@ -50,6 +53,7 @@ impl fmt::Display for Spec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Spec::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Spec::Tls(addr) => write!(f, "tls://{addr}"),
             Spec::Udp(addr) => write!(f, "udp://{addr}"),
             Spec::Unix(path) => write!(f, "unix:{path}"),
         }
@@ -85,19 +89,20 @@ impl Spec {
         let addr = parse_host_port(rest).map_err(|why| format!("'{text}': {why}"))?;
         match scheme {
             "tcp" => Ok(Spec::Tcp(addr)),
+            "tls" => Ok(Spec::Tls(addr)),
             "udp" => Ok(Spec::Udp(addr)),
             _ => Err(format!(
                 "'{text}': unknown kind '{scheme}'; write tcp://HOST:PORT (or HOST:PORT), \
-                 udp://HOST:PORT or unix:PATH"
+                 tls://HOST:PORT, udp://HOST:PORT or unix:PATH"
             )),
         }
     }
 
-    /// How a listener is named in messages: a TCP listener by its bare address
+    /// How a listener is named in messages: a TCP or TLS listener by its bare address
     /// (`127.0.0.1:7878`, the form scripts parse after `listening on `), others in full.
     pub fn address(&self) -> String {
         match self {
-            Spec::Tcp(addr) => addr.to_string(),
+            Spec::Tcp(addr) | Spec::Tls(addr) => addr.to_string(),
             other => other.to_string(),
         }
     }
@@ -229,21 +234,33 @@ impl Serialize for Peer {
     }
 }
 
-/// A bound listener of a stream kind: TCP or Unix.
+/// A bound listener of a stream kind: TCP, TLS or Unix.
 #[derive(Debug)]
 pub enum StreamListener {
     Tcp(std::net::TcpListener),
+    Tls(std::net::TcpListener, std::sync::Arc<tls::Tls>),
     Unix(UnixListener),
 }
 
 impl StreamListener {
-    /// Binds and listens on `spec` (not UDP), non-blocking, with `backlog` queued connections.
+    /// Binds and listens on `spec` (not UDP), non-blocking, with `backlog` queued connections;
+    /// a TLS listener serves `tls`, a Unix socket file gets `mode`.
     ///
     /// # Errors
     /// When the address cannot be bound or the socket path is taken.
-    pub fn bind(spec: &Spec, backlog: u32, mode: Option<UnixMode>) -> io::Result<StreamListener> {
+    pub fn bind(
+        spec: &Spec,
+        backlog: u32,
+        mode: Option<UnixMode>,
+        tls: Option<&std::sync::Arc<tls::Tls>>,
+    ) -> io::Result<StreamListener> {
         match spec {
             Spec::Tcp(addr) => tcp::listen(*addr, backlog).map(StreamListener::Tcp),
+            Spec::Tls(addr) => {
+                let tls = tls.ok_or_else(|| io::Error::other("TLS is not set up"))?;
+                let listener = tcp::listen(*addr, backlog)?;
+                Ok(StreamListener::Tls(listener, std::sync::Arc::clone(tls)))
+            }
             Spec::Unix(path) => UnixListener::bind(path, backlog, mode).map(StreamListener::Unix),
             Spec::Udp(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -259,6 +276,7 @@ impl StreamListener {
     pub fn bound(&self) -> io::Result<Spec> {
         match self {
             StreamListener::Tcp(listener) => listener.local_addr().map(Spec::Tcp),
+            StreamListener::Tls(listener, _) => listener.local_addr().map(Spec::Tls),
             StreamListener::Unix(listener) => Ok(Spec::Unix(listener.path().clone())),
         }
     }
@@ -274,6 +292,12 @@ impl StreamListener {
                 stream.set_nonblocking(true)?;
                 Ok((Connection::Tcp(stream), Peer::ip(addr)))
             }
+            StreamListener::Tls(listener, tls) => {
+                let (stream, addr) = listener.accept()?;
+                stream.set_nonblocking(true)?;
+                let session = tls.accept(stream)?;
+                Ok((Connection::Tls(Box::new(session)), Peer::ip(addr)))
+            }
             StreamListener::Unix(listener) => {
                 let (stream, credentials) = listener.accept()?;
                 Ok((Connection::Unix(stream), Peer::Local(credentials)))
@@ -285,7 +309,7 @@ impl StreamListener {
 impl std::os::fd::AsFd for StreamListener {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
-            StreamListener::Tcp(listener) => listener.as_fd(),
+            StreamListener::Tcp(listener) | StreamListener::Tls(listener, _) => listener.as_fd(),
             StreamListener::Unix(listener) => listener.as_fd(),
         }
     }
@@ -300,6 +324,7 @@ mod tests {
         for (text, shown) in [
             ("127.0.0.1:7878", "tcp://127.0.0.1:7878"),
             ("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"),
+            ("tls://127.0.0.1:7878", "tls://127.0.0.1:7878"),
             ("udp://127.0.0.1:5514", "udp://127.0.0.1:5514"),
             ("tcp://[::1]:80", "tcp://[::1]:80"),
             ("unix:/tmp/x.sock", "unix:/tmp/x.sock"),

@@ -1,0 +1,516 @@
+//! TLS on a TCP listener, with rustls (ring as its crypto provider): the server's identity (a
+//! certificate made at start with rcgen, or the user's own), client certificates, the handshake
+//! each worker runs before it serves its client, and the session a worker reads and writes
+//! through. Everything here is plain, blocking-free state: the worker polls the socket.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::poll::{self, Fd, Flags};
+
+/// Default longest wait for a client to finish its handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Plaintext a session holds before it pushes back: what one worker keeps for a slow client.
+const SESSION_BUFFER: usize = 256 * 1024;
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Made at start, self-signed, for `localhost`, `127.0.0.1`, `::1` and the listening
+    /// addresses; written as PEM to `cert_out` if given.
+    Generated { cert_out: Option<PathBuf> },
+    /// The user's own: a PEM certificate chain and its PEM private key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// What `--tls` and the `--tls-*` flags ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub identity: Identity,
+    /// Require client certificates signed by one of these CAs (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// Protocols offered through ALPN, in order of preference.
+    pub alpn: Vec<String>,
+    pub handshake_timeout: Duration,
+}
+
+/// A built TLS setup, shared by every TLS listener of a run.
+#[derive(Debug)]
+pub struct Tls {
+    config: Arc<ServerConfig>,
+    /// SHA-256 of the server's certificate, as `AB:CD:…`.
+    pub fingerprint: String,
+    pub handshake_timeout: Duration,
+    /// Whether the certificate was made at start (so clients must be told to skip checking it,
+    /// or to trust it).
+    pub generated: bool,
+}
+
+impl Default for TlsOptions {
+    /// A certificate made at start, no client certificates, no ALPN.
+    fn default() -> TlsOptions {
+        TlsOptions {
+            identity: Identity::Generated { cert_out: None },
+            client_ca: None,
+            alpn: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl Tls {
+    /// Builds the server's TLS setup; `hosts` are the addresses it listens on, named in a
+    /// generated certificate.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] when a file is missing, unreadable or has no PEM in it, when the key does
+    /// not match the certificate, or when the certificate cannot be written.
+    pub fn build(options: &TlsOptions, hosts: &[IpAddr]) -> Result<Tls, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|err| Error::Tls(format!("cannot set up TLS: {err}")))?;
+        let builder = match &options.client_ca {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(path, "the client CA")? {
+                    roots.add(cert).map_err(|err| {
+                        Error::Tls(format!(
+                            "cannot use the client CA {}: {err}",
+                            path.display()
+                        ))
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|err| {
+                            Error::Tls(format!(
+                                "cannot use the client CA {}: {err}",
+                                path.display()
+                            ))
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let (chain, key, generated) = match &options.identity {
+            Identity::Generated { cert_out } => {
+                let (chain, key, pem) = generate(hosts)?;
+                if let Some(path) = cert_out {
+                    std::fs::write(path, pem).map_err(|err| {
+                        Error::Tls(format!(
+                            "cannot write the certificate to {}: {}",
+                            path.display(),
+                            crate::error::describe(&err)
+                        ))
+                    })?;
+                }
+                (chain, key, true)
+            }
+            Identity::Files { cert, key } => {
+                let chain = read_certs(cert, "the certificate")?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|err| pem_error(key, "the private key", &err))?;
+                (chain, key, false)
+            }
+        };
+        let fingerprint = fingerprint(&chain[0]);
+        let mut config = builder.with_single_cert(chain, key).map_err(|err| {
+            let why = match err {
+                rustls::Error::InconsistentKeys(_) => {
+                    String::from("the private key does not match the certificate")
+                }
+                other => other.to_string(),
+            };
+            match &options.identity {
+                Identity::Files { cert, key } => Error::Tls(format!(
+                    "cannot use {} with {}: {why}",
+                    cert.display(),
+                    key.display()
+                )),
+                Identity::Generated { .. } => {
+                    Error::Tls(format!("cannot use the certificate: {why}"))
+                }
+            }
+        })?;
+        config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(Tls {
+            config: Arc::new(config),
+            fingerprint,
+            handshake_timeout: options.handshake_timeout,
+            generated,
+        })
+    }
+
+    /// A session for a client just accepted on `sock` (non-blocking); nothing is read or sent
+    /// until its worker runs the handshake.
+    ///
+    /// # Errors
+    /// When rustls cannot start a session (it always can with a config it accepted).
+    pub fn accept(&self, sock: TcpStream) -> io::Result<TlsStream> {
+        let mut session =
+            ServerConnection::new(Arc::clone(&self.config)).map_err(io::Error::other)?;
+        session.set_buffer_limit(Some(SESSION_BUFFER));
+        Ok(TlsStream {
+            sock,
+            session,
+            handshake_timeout: self.handshake_timeout,
+        })
+    }
+}
+
+/// A self-signed certificate for `localhost`, `127.0.0.1`, `::1` and `hosts`: the chain, the
+/// key and the certificate as PEM.
+fn generate(
+    hosts: &[IpAddr],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), Error> {
+    let mut names = vec![
+        String::from("localhost"),
+        String::from("127.0.0.1"),
+        String::from("::1"),
+    ];
+    for host in hosts {
+        let name = host.to_string();
+        if !host.is_unspecified() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|err| Error::Tls(format!("cannot make a certificate: {err}")))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+    Ok((vec![made.cert.der().clone()], key, made.cert.pem()))
+}
+
+/// Every certificate in the PEM file at `path`; at least one.
+fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|err| pem_error(path, what, &err))?
+        .collect::<Result<_, _>>()
+        .map_err(|err| pem_error(path, what, &err))?;
+    if certs.is_empty() {
+        return Err(pem_error(
+            path,
+            what,
+            &rustls::pki_types::pem::Error::NoItemsFound,
+        ));
+    }
+    Ok(certs)
+}
+
+fn pem_error(path: &Path, what: &str, err: &rustls::pki_types::pem::Error) -> Error {
+    use rustls::pki_types::pem::Error as Pem;
+    let why = match err {
+        Pem::Io(io) => crate::error::describe(io),
+        Pem::NoItemsFound => format!("no PEM {what} in it"),
+        other => format!("not valid PEM ({other})"),
+    };
+    Error::Tls(format!("cannot read {what} {}: {why}", path.display()))
+}
+
+/// SHA-256 of a certificate, as colon-separated hex pairs (how `openssl x509 -fingerprint
+/// -sha256` shows it).
+fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// What a finished handshake agreed, for the connect line and the JSON `connect` event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
+    /// The subject of the client's certificate, when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_subject: Option<String>,
+}
+
+impl fmt::Display for TlsInfo {
+    /// `TLS 1.3, TLS13_AES_256_GCM_SHA384, SNI api.example.test, ALPN h2, client CN=device-7`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, {}", self.version, self.cipher)?;
+        if let Some(sni) = &self.sni {
+            write!(f, ", SNI {sni}")?;
+        }
+        if let Some(alpn) = &self.alpn {
+            write!(f, ", ALPN {alpn}")?;
+        }
+        if let Some(subject) = &self.client_subject {
+            write!(f, ", client {subject}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a handshake failed: the client's doing, reported in a warning.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// The first bytes were not a TLS record: someone spoke plain text to a TLS port.
+    PlainText(String),
+    /// It did not finish within the handshake timeout.
+    Timeout(Duration),
+    /// The client closed the connection first.
+    Closed,
+    /// The server stopped first.
+    Stopped,
+    /// rustls refused what the client sent.
+    Tls(rustls::Error),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeFailure::PlainText(start) => {
+                write!(
+                    f,
+                    "sent plain text, not a TLS handshake (it began \"{start}\")"
+                )
+            }
+            HandshakeFailure::Timeout(after) => write!(
+                f,
+                "no handshake within {} (--tls-handshake-timeout)",
+                humantime::format_duration(*after)
+            ),
+            HandshakeFailure::Closed => f.write_str("the client closed the connection"),
+            HandshakeFailure::Stopped => f.write_str("the server stopped first"),
+            HandshakeFailure::Tls(err) => write!(f, "{err}"),
+            HandshakeFailure::Io(err) => f.write_str(&crate::error::describe(err)),
+        }
+    }
+}
+
+/// One client's TLS session over its socket (non-blocking).
+pub struct TlsStream {
+    sock: TcpStream,
+    session: ServerConnection,
+    handshake_timeout: Duration,
+}
+
+impl fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("sock", &self.sock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsStream {
+    /// The socket under the session.
+    pub fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// Runs the handshake to its end, waiting in `poll(2)` on the socket and `stop` (the stop
+    /// pipe), for at most the handshake timeout. Returns what was agreed.
+    ///
+    /// # Errors
+    /// Why the handshake failed.
+    pub fn handshake(
+        &mut self,
+        stop: &impl std::os::fd::AsFd,
+    ) -> Result<TlsInfo, HandshakeFailure> {
+        let began = Instant::now();
+        let mut first = true;
+        while self.session.is_handshaking() || self.session.wants_write() {
+            let mut blocked = Flags::empty();
+            if self.session.wants_write() {
+                match self.session.write_tls(&mut self.sock) {
+                    Ok(_) => continue,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => blocked |= Flags::OUT,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => return Err(HandshakeFailure::Io(err)),
+                }
+            }
+            if self.session.is_handshaking() && self.session.wants_read() {
+                if first {
+                    if let Some(start) = self.plain_text() {
+                        return Err(HandshakeFailure::PlainText(start));
+                    }
+                }
+                match self.session.read_tls(&mut self.sock) {
+                    Ok(0) => return Err(HandshakeFailure::Closed),
+                    Ok(_) => {
+                        first = false;
+                        if let Err(err) = self.session.process_new_packets() {
+                            // Tell the client why (an alert), as far as the socket takes it.
+                            let _ = self.session.write_tls(&mut self.sock);
+                            return Err(HandshakeFailure::Tls(err));
+                        }
+                        continue;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => blocked |= Flags::IN,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                        return Err(HandshakeFailure::Closed);
+                    }
+                    Err(err) => return Err(HandshakeFailure::Io(err)),
+                }
+            }
+            if blocked.is_empty() {
+                continue;
+            }
+            let left = self
+                .handshake_timeout
+                .checked_sub(began.elapsed())
+                .ok_or(HandshakeFailure::Timeout(self.handshake_timeout))?;
+            let mut fds = [Fd::new(&self.sock, blocked), Fd::new(stop, Flags::IN)];
+            poll::wait(&mut fds, left).map_err(HandshakeFailure::Io)?;
+            if !fds[1].revents().is_empty() {
+                return Err(HandshakeFailure::Stopped);
+            }
+        }
+        Ok(self.info())
+    }
+
+    /// The first bytes, escaped, if the client's first bytes are not a TLS handshake record but
+    /// text (a handshake record starts with 0x16).
+    fn plain_text(&self) -> Option<String> {
+        let mut start = [0; 24];
+        let n = match rustix::net::recv(&self.sock, &mut start, rustix::net::RecvFlags::PEEK) {
+            Ok((n, _)) => n,
+            Err(_) => return None,
+        };
+        let start = &start[..n];
+        let text = |b: &u8| b.is_ascii_graphic() || b.is_ascii_whitespace();
+        if start.first().is_some_and(|&b| b != 0x16 && text(&b)) {
+            let mut shown = Vec::new();
+            crate::output::escape_into(&mut shown, start);
+            let shown = String::from_utf8_lossy(&shown).replace('"', "\\\"");
+            return Some(shown);
+        }
+        None
+    }
+
+    /// What the finished handshake agreed.
+    fn info(&self) -> TlsInfo {
+        let version = match self.session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => String::from("TLS 1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => String::from("TLS 1.2"),
+            Some(other) => format!("{other:?}"),
+            None => String::from("TLS"),
+        };
+        let cipher = self
+            .session
+            .negotiated_cipher_suite()
+            .map(|suite| format!("{:?}", suite.suite()))
+            .unwrap_or_default();
+        TlsInfo {
+            version,
+            cipher,
+            sni: self.session.server_name().map(str::to_owned),
+            alpn: self
+                .session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            client_subject: self
+                .session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| subject_of(cert)),
+        }
+    }
+
+    /// Whether encrypted bytes wait to be written to the socket.
+    pub fn wants_write(&self) -> bool {
+        self.session.wants_write()
+    }
+
+    /// Writes the encrypted bytes that wait, as far as the socket takes them.
+    ///
+    /// # Errors
+    /// `WouldBlock` when some are left; others as the socket says.
+    pub fn flush_tls(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Says goodbye properly (close_notify), as far as the socket takes it at once.
+    pub fn close(&mut self) {
+        self.session.send_close_notify();
+        let _ = self.flush_tls();
+    }
+}
+
+impl Read for TlsStream {
+    /// Plaintext the session has, reading and decrypting more from the socket when it has none.
+    /// `Ok(0)` at the client's close (with or without close_notify); `WouldBlock` when nothing
+    /// more has come.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket closed without close_notify: an end like any other for a listener.
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(err) => return Err(err),
+            }
+            match self.session.read_tls(&mut self.sock) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {
+                    if let Err(err) = self.session.process_new_packets() {
+                        let _ = self.session.write_tls(&mut self.sock);
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, err));
+                    }
+                    // Key updates and the like.
+                    let _ = self.flush_tls();
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    /// Takes plaintext into the session once what it already encrypted is written; the caller
+    /// polls for room while [`TlsStream::wants_write`].
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flush_tls()?;
+        let n = self.session.writer().write(buf)?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        match self.flush_tls() {
+            Err(err) if err.kind() != io::ErrorKind::WouldBlock => Err(err),
+            _ => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls()
+    }
+}
+
+/// The subject of a certificate, as `CN=device-7, O=Example`.
+fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.subject().to_string())
+}
