@@ -18,18 +18,25 @@
 //! as a multiple of the floor for the same N, and of the discard sink's exit (a process whose
 //! threads are simply killed) when the discard sink is among the peers.
 //!
+//! Two more scenarios: `udp` (8 senders of 100-byte datagrams as fast as they can for 5 s, to
+//! overhear `-u`, `socat -u UDP-RECV` and `ncat -u -l`: sent, received, loss, received/s, the
+//! kernel's drops, and overhear's summary beside them) and `unix` (the throughput run through
+//! overhear's Unix socket `-U` beside the same through TCP, in the same rounds: unix ÷ tcp).
+//!
 //! Run: `cargo bench --bench suite` (all scenarios), or name some:
-//! `cargo bench --bench suite -- throughput churn concurrent latency`. Options:
+//! `cargo bench --bench suite -- throughput churn concurrent latency udp unix`. Options:
 //! `--peers overhear,copy,socat` limits the servers (and sets their order; the sinks are `copy`
 //! and `discard`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
-//! throughput volume per client; `--rounds 3` how many throughput runs each figure is the median
-//! of; `--dir DIR` where the servers' output and log files go (default: the temporary directory).
+//! throughput volume per client (also in `unix`); `--rounds 3` how many throughput runs each
+//! figure is the median of (also in `unix`); `--dir DIR` where the servers' output and log files
+//! go (default: the temporary directory).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use overhear::threads::Stacks;
 use rustix::process::{Pid, Resource, Rlimit, Signal, getrlimit, kill_process, setrlimit};
+use socket2::{SockAddr, Socket, Type};
 
 const LINE_LEN: usize = 100;
 const THROUGHPUT_CLIENTS: usize = 8;
@@ -46,6 +54,9 @@ const CHURN_CYCLES: usize = 20_000;
 const CHURN_THREADS: usize = 8;
 const LATENCY_PERIOD: Duration = Duration::from_millis(1);
 const LATENCY_RUN: Duration = Duration::from_secs(5);
+const UDP_SENDERS: usize = 8;
+/// How long the UDP senders send.
+const UDP_RUN: Duration = Duration::from_secs(5);
 /// Longest any one wait in a scenario may take before the scenario is declared failed.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 
@@ -111,7 +122,14 @@ impl Kind {
         self.prints() && self != Kind::Copy
     }
 
-    fn command(self, port: u16) -> Option<Command> {
+    /// Whether it can listen for UDP datagrams (the udp scenario's servers).
+    fn listens_udp(self) -> bool {
+        matches!(self, Kind::Overhear | Kind::Ncat | Kind::Socat)
+    }
+
+    /// How to start it listening on `listen` (`port` for TCP and UDP); `None` when its program is
+    /// not installed or it cannot listen there.
+    fn command(self, listen: &Listen, port: u16) -> Option<Command> {
         let have = |tool: &str| {
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -125,10 +143,33 @@ impl Kind {
                 if self == Kind::OverhearBacklog128 {
                     cmd.args(["--backlog", "128"]);
                 }
-                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                match listen {
+                    Listen::Tcp => {
+                        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                    }
+                    Listen::Unix(path) => {
+                        cmd.arg("-U").arg(path);
+                    }
+                    Listen::Udp => {
+                        cmd.args(["-u", "--host", "127.0.0.1", "--port", &port.to_string()]);
+                    }
+                }
                 cmd.args(["--duration", "0", "--max-conns", "100000"]);
                 cmd
             }
+            // Not `-k`: ncat 7.93 refuses it in UDP mode ("except with --exec"). Without it,
+            // ncat connects its socket to the first source and hears no other.
+            Kind::Ncat if matches!(listen, Listen::Udp) && have("ncat") => {
+                let mut cmd = Command::new("ncat");
+                cmd.args(["-u", "-l", "127.0.0.1", &port.to_string()]);
+                cmd
+            }
+            Kind::Socat if matches!(listen, Listen::Udp) && have("socat") => {
+                let mut cmd = Command::new("socat");
+                cmd.args(["-u", &format!("UDP-RECV:{port}"), "STDOUT"]);
+                cmd
+            }
+            _ if !matches!(listen, Listen::Tcp) => return None,
             Kind::Ncat if have("ncat") => {
                 let mut cmd = Command::new("ncat");
                 cmd.args(["-l", "-k", "--max-conns", "20000", "127.0.0.1"]);
@@ -169,20 +210,44 @@ impl Kind {
     }
 }
 
+/// Where a server under test listens.
+#[derive(Debug, Clone)]
+enum Listen {
+    /// TCP on a free loopback port.
+    Tcp,
+    /// A Unix stream socket at this path (overhear only).
+    Unix(PathBuf),
+    /// UDP on loopback: overhear takes a free port itself (`--port 0`) and logs it, the peers a
+    /// port the suite found free.
+    Udp,
+}
+
 /// A server under test, in its own process group; killed with the group when dropped.
 struct Running {
     kind: Kind,
     child: Child,
+    /// The loopback address of a TCP or UDP server (for UDP, port 0 until overhear logs its own).
     addr: SocketAddr,
+    listen: Listen,
     output: Option<PathBuf>,
+    log: PathBuf,
 }
 
 impl Running {
     /// Starts `kind` with stdout to the file `output` (a pipe when `None`) and stderr to the file
     /// `log`, as a user who keeps the log has it: writing the log costs what it costs them.
     fn start(kind: Kind, output: Option<&Path>, log: &Path) -> Option<Running> {
-        let port = free_port();
-        let mut cmd = kind.command(port)?;
+        Running::start_on(kind, Listen::Tcp, output, log)
+    }
+
+    /// [`Running::start`], listening on `listen`.
+    fn start_on(kind: Kind, listen: Listen, output: Option<&Path>, log: &Path) -> Option<Running> {
+        let port = match (&listen, kind) {
+            (Listen::Tcp, _) => free_port(),
+            (Listen::Unix(_), _) | (Listen::Udp, Kind::Overhear) => 0,
+            (Listen::Udp, _) => free_udp_port(),
+        };
+        let mut cmd = kind.command(&listen, port)?;
         match output {
             Some(path) => cmd.stdout(File::create(path).ok()?),
             None => cmd.stdout(Stdio::piped()),
@@ -190,31 +255,55 @@ impl Running {
         cmd.stderr(File::create(log).ok()?).process_group(0);
         let child = cmd.spawn().ok()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let running = Running {
+        let mut running = Running {
             kind,
             child,
             addr,
+            listen,
             output: output.map(Path::to_path_buf),
+            log: log.to_path_buf(),
         };
         running.wait_ready();
         Some(running)
     }
 
     /// Waits until the server accepts a connection. The probe connects and closes, so numbering
-    /// servers give it number 1: the scenario's clients are 2, 3, ….
-    fn wait_ready(&self) {
+    /// servers give it number 1: the scenario's clients are 2, 3, …. A UDP server is ready once
+    /// its socket is bound (no probe: its clients are 1, 2, …); overhear's port is read from its
+    /// `listening on udp://…` line.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(self.addr).is_ok() {
+            let ready = match &self.listen {
+                Listen::Tcp => TcpStream::connect(self.addr).is_ok(),
+                Listen::Unix(path) => UnixStream::connect(path).is_ok(),
+                Listen::Udp if self.addr.port() == 0 => {
+                    if let Some(addr) = logged_udp_addr(&self.log) {
+                        self.addr = addr;
+                    }
+                    self.addr.port() != 0
+                }
+                Listen::Udp => udp_socket_drops(self.addr.port()).is_some(),
+            };
+            if ready {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "{} did not start listening on {}",
+            "{} did not start listening on {:?} ({})",
             self.kind.name(),
+            self.listen,
             self.addr
         );
+    }
+
+    /// Where the suite's stream clients connect: the Unix socket's path, or the TCP address.
+    fn endpoint(&self) -> SockAddr {
+        match &self.listen {
+            Listen::Unix(path) => SockAddr::unix(path).expect("a Unix socket path that fits"),
+            Listen::Tcp | Listen::Udp => self.addr.into(),
+        }
     }
 
     fn pid(&self) -> Pid {
@@ -259,6 +348,21 @@ impl Running {
         false
     }
 
+    /// Waits until the output file has not grown for `quiet` (at most `limit` in all); returns
+    /// when it last grew.
+    fn wait_quiet(&self, quiet: Duration, limit: Duration) -> Instant {
+        let start = Instant::now();
+        let (mut len, mut grew) = (self.output_len(), start);
+        while start.elapsed() < limit && grew.elapsed() < quiet {
+            thread::sleep(Duration::from_millis(5));
+            let now = self.output_len();
+            if now != len {
+                (len, grew) = (now, Instant::now());
+            }
+        }
+        grew
+    }
+
     /// Sends SIGTERM and waits up to `limit` for the process to exit; returns the time taken.
     fn terminate(&mut self, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
@@ -301,6 +405,41 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// A UDP port free on loopback when asked: bound and closed at once, so another process may take
+/// it before the server does (a race a benchmark can live with).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback UDP port")
+}
+
+/// The address in overhear's `listening on udp://ADDR; …` log line, once it is there.
+fn logged_udp_addr(log: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let (_, rest) = text.split_once("listening on udp://")?;
+    rest.split(';').next()?.parse().ok()
+}
+
+/// The receive-buffer drops the kernel counts for the IPv4 UDP socket bound to `port` (the
+/// `drops` column of /proc/net/udp); `None` when no socket is bound to it.
+fn udp_socket_drops(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (_, local_port) = fields.get(1)?.rsplit_once(':')?;
+        (u16::from_str_radix(local_port, 16).ok()? == port).then(|| fields.get(12)?.parse().ok())?
+    })
+}
+
+/// Opens a stream socket to `endpoint` (TCP or Unix), blocking, as the load clients use it.
+fn connect_stream(endpoint: &SockAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(endpoint.domain(), Type::STREAM, None)?;
+    socket.connect(endpoint)?;
+    Ok(socket)
 }
 
 fn tree_pids(root: u32) -> Vec<u32> {
@@ -518,9 +657,14 @@ struct Throughput {
     complete: bool,
 }
 
-fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
-    let (path, log) = run_files(dir, "throughput", kind);
-    let server = Running::start(kind, Some(&path), &log)?;
+/// One run of `kind` listening on `listen` (TCP, or overhear on a Unix socket).
+fn throughput_run(kind: Kind, listen: &Listen, lines: usize, dir: &Path) -> Option<Throughput> {
+    let scenario = match listen {
+        Listen::Unix(_) => "throughput-unix",
+        Listen::Tcp | Listen::Udp => "throughput",
+    };
+    let (path, log) = run_files(dir, scenario, kind);
+    let server = Running::start_on(kind, listen.clone(), Some(&path), &log)?;
     let raw = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
     let expected = if kind.numbers_clients() {
         raw + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
@@ -530,9 +674,9 @@ fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
     let start = Instant::now();
     let senders: Vec<_> = (0..THROUGHPUT_CLIENTS)
         .map(|c| {
-            let addr = server.addr;
+            let endpoint = server.endpoint();
             thread::spawn(move || {
-                let mut stream = TcpStream::connect(addr).expect("connect");
+                let mut stream = connect_stream(&endpoint).expect("connect");
                 let mut block = Vec::with_capacity(1 << 20);
                 let maker = LineMaker::new(c);
                 for seq in 0..lines {
@@ -550,7 +694,7 @@ fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
             })
         })
         .collect();
-    let streams: Vec<TcpStream> = senders
+    let streams: Vec<Socket> = senders
         .into_iter()
         .map(|h| h.join().expect("sender"))
         .collect();
@@ -558,6 +702,9 @@ fn throughput_run(kind: Kind, lines: usize, dir: &Path) -> Option<Throughput> {
     let elapsed = start.elapsed().as_secs_f64();
     drop(streams);
     drop(server);
+    if let Listen::Unix(socket) = listen {
+        let _ = std::fs::remove_file(socket);
+    }
     let written = std::fs::metadata(&path).map_or(0, |m| m.len());
     let verdict = kind
         .lines_checked()
@@ -604,12 +751,12 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
     // The first writes of a run into fresh page cache are slower on a VM; warm it up, unmeasured,
     // so the first server measured is not penalised.
     if let Some(&first) = kinds.first() {
-        let _ = throughput_run(first, lines / 4, dir);
+        let _ = throughput_run(first, &Listen::Tcp, lines / 4, dir);
     }
     let mut runs: Vec<(Kind, Vec<Throughput>)> = kinds.iter().map(|&k| (k, Vec::new())).collect();
     for _ in 0..rounds {
         for (kind, results) in &mut runs {
-            results.extend(throughput_run(*kind, lines, dir));
+            results.extend(throughput_run(*kind, &Listen::Tcp, lines, dir));
         }
     }
     let mb_s =
@@ -702,6 +849,91 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
             println!("\noverhear's median MB/s: {}.", against.join(", "));
         }
     }
+}
+
+// ---------------------------------------------------------------- unix
+
+/// overhear's stream throughput through a Unix socket beside the same through TCP: the
+/// throughput run with a Unix connector, both measured in each round, one after the other.
+fn unix(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
+    if !kinds.contains(&Kind::Overhear) {
+        println!("\nunix: not run (overhear is not among --peers).");
+        return;
+    }
+    let lines = mib * 1024 * 1024 / LINE_LEN;
+    let mut table = Table::new(
+        &format!(
+            "unix: overhear, {THROUGHPUT_CLIENTS} clients × {mib} MiB of {LINE_LEN}-byte lines \
+             through a Unix socket and through TCP, stdout to a file (median of {rounds} rounds)"
+        ),
+        &[
+            "listener",
+            "MB/s",
+            "lines/s",
+            "lost",
+            "duplicated",
+            "spliced",
+            "misattributed",
+            "unix ÷ tcp",
+            "each round MB/s",
+        ],
+    );
+    let socket = dir.join("overhear.sock");
+    let mut runs: Vec<(String, Listen, Vec<Throughput>)> = vec![
+        ("tcp 127.0.0.1".into(), Listen::Tcp, Vec::new()),
+        (
+            format!("unix {}", socket.display()),
+            Listen::Unix(socket),
+            Vec::new(),
+        ),
+    ];
+    // Warm the page cache up, unmeasured, as the throughput scenario does.
+    let _ = throughput_run(Kind::Overhear, &Listen::Tcp, lines / 4, dir);
+    for _ in 0..rounds {
+        for (_, listen, results) in &mut runs {
+            results.extend(throughput_run(Kind::Overhear, listen, lines, dir));
+        }
+    }
+    let mb_s =
+        |results: &[Throughput]| median(&mut results.iter().map(|r| r.mb_s).collect::<Vec<_>>());
+    let tcp = mb_s(&runs[0].2);
+    let over_unix = mb_s(&runs[1].2);
+    for (label, listen, results) in &runs {
+        let worst = |f: fn(&Verdict) -> u64| {
+            results
+                .iter()
+                .filter_map(|r| r.verdict.as_ref().map(f))
+                .max()
+                .map_or("n/a".to_string(), |n| n.to_string())
+        };
+        let incomplete = results.iter().filter(|r| !r.complete).count();
+        table.rows.push(vec![
+            label.clone(),
+            format!("{:.0}", mb_s(results)),
+            format!(
+                "{:.0}",
+                median(&mut results.iter().map(|r| r.lines_s).collect::<Vec<_>>())
+            ),
+            if incomplete > 0 {
+                format!("{} ({incomplete} runs timed out)", worst(|v| v.lost))
+            } else {
+                worst(|v| v.lost)
+            },
+            worst(|v| v.duplicated),
+            worst(|v| v.spliced),
+            worst(|v| v.misattributed),
+            match listen {
+                Listen::Unix(_) => ratio(over_unix, tcp),
+                Listen::Tcp | Listen::Udp => String::from("—"),
+            },
+            results
+                .iter()
+                .map(|r| format!("{:.0}", r.mb_s))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
+    }
+    table.print();
 }
 
 // ---------------------------------------------------------------- churn
@@ -1179,6 +1411,186 @@ fn latency(kinds: &[Kind], dir: &Path) {
     table.print();
 }
 
+// ---------------------------------------------------------------- udp
+
+/// One UDP sender: client `client`'s lines as datagrams, one line each, from a socket of its own
+/// (one source: one client number) to `to`, as fast as it can for `run`. Returns the datagrams
+/// sent and the sends that failed (ECONNREFUSED after an ICMP port unreachable, ENOBUFS).
+fn udp_sender(client: usize, to: SocketAddr, run: Duration) -> (usize, u64) {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a UDP socket");
+    socket.connect(to).expect("a UDP destination");
+    let maker = LineMaker::new(client);
+    let mut datagram = Vec::with_capacity(LINE_LEN);
+    let (mut sent, mut failed) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < run {
+        // A clock read per 64 sends: the sends are what is measured.
+        for _ in 0..64 {
+            datagram.clear();
+            maker.append(sent, &mut datagram);
+            match socket.send(&datagram) {
+                Ok(_) => sent += 1,
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    (sent, failed)
+}
+
+/// The messages and the kernel's datagram drops in overhear's summary line (`served N clients:
+/// M messages, …; the kernel dropped D datagrams …`); the drops are `None` when not given.
+fn summary_counts(log: &Path) -> Option<(u64, Option<u64>)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let summary = text.lines().rev().find(|l| l.contains(" served "))?;
+    let (_, counts) = summary.split_once(" served ")?.1.split_once(": ")?;
+    let messages = counts.split_whitespace().next()?.parse().ok()?;
+    let dropped = if summary.contains("the kernel dropped no datagram") {
+        Some(0)
+    } else {
+        summary
+            .split_once("the kernel dropped ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+    };
+    Some((messages, dropped))
+}
+
+/// UDP: each server receives what `UDP_SENDERS` senders send as fast as they can for `UDP_RUN`,
+/// then, once its output has been still for a moment, a SIGTERM. Received is what its output
+/// holds, line by line; the rate is over the time from the first send to the output's last
+/// growth. The kernel's drops are read from /proc/net/udp before the stop.
+fn udp(kinds: &[Kind], dir: &Path) {
+    let mut table = Table::new(
+        &format!(
+            "udp: {UDP_SENDERS} senders of {LINE_LEN}-byte datagrams (one line each) as fast as \
+             they can for {} s, stdout to a file",
+            UDP_RUN.as_secs_f64()
+        ),
+        &[
+            "server",
+            "sent",
+            "received",
+            "loss",
+            "received/s",
+            "÷ best peer's",
+            "kernel drops",
+            "duplicated",
+            "spliced",
+            "misattributed",
+        ],
+    );
+    let mut rows: Vec<(Kind, f64, Vec<String>)> = Vec::new();
+    let mut notes = Vec::new();
+    for &kind in kinds.iter().filter(|k| k.listens_udp()) {
+        let (path, log) = run_files(dir, "udp", kind);
+        let Some(mut server) = Running::start_on(kind, Listen::Udp, Some(&path), &log) else {
+            rows.push((kind, 0.0, vec!["not installed".into()]));
+            continue;
+        };
+        let start = Instant::now();
+        let senders: Vec<_> = (0..UDP_SENDERS)
+            .map(|c| {
+                let to = server.addr;
+                thread::spawn(move || udp_sender(c, to, UDP_RUN))
+            })
+            .collect();
+        let counts: Vec<(usize, u64)> = senders
+            .into_iter()
+            .map(|h| h.join().expect("udp sender"))
+            .collect();
+        let last = server.wait_quiet(Duration::from_millis(500), Duration::from_secs(10));
+        let busy = last.saturating_duration_since(start).as_secs_f64();
+        let drops = udp_socket_drops(server.addr.port());
+        let exited = server.terminate(Duration::from_secs(10)).is_some();
+        drop(server);
+        let sent: usize = counts.iter().map(|c| c.0).sum();
+        let failed: u64 = counts.iter().map(|c| c.1).sum();
+        let most = counts.iter().map(|c| c.0).max().unwrap_or(0);
+        let v = verify_lines(&path, kind, UDP_SENDERS, most);
+        let received = (UDP_SENDERS * most) as u64 - v.lost;
+        let rate = if busy > 0.0 {
+            received as f64 / busy
+        } else {
+            0.0
+        };
+        let mut dropped = drops.map_or("unknown".to_string(), |d| d.to_string());
+        if kind == Kind::Overhear {
+            match summary_counts(&log) {
+                Some((messages, own)) => {
+                    let own = own.map_or("none".to_string(), |d| d.to_string());
+                    dropped = format!("{dropped} (its summary: {own})");
+                    notes.push(format!(
+                        "overhear's summary: {messages} messages (its output: {received} lines) \
+                         and {own} kernel drops, against {sent} datagrams sent."
+                    ));
+                }
+                None => notes.push(format!(
+                    "overhear: no summary line in {}{}.",
+                    log.display(),
+                    if exited { "" } else { " (no exit in 10 s)" }
+                )),
+            }
+        }
+        if kind == Kind::Ncat {
+            notes.push(
+                "ncat: run without -k (7.93 refuses it in UDP mode), it hears only the first \
+                 source and the others' sends fail at the port unreachable it causes."
+                    .into(),
+            );
+        }
+        rows.push((
+            kind,
+            rate,
+            vec![
+                if failed > 0 {
+                    format!("{sent} ({failed} sends failed)")
+                } else {
+                    sent.to_string()
+                },
+                received.to_string(),
+                format!(
+                    "{:.2} %",
+                    sent.saturating_sub(received as usize) as f64 / sent.max(1) as f64 * 100.0
+                ),
+                format!("{rate:.0}"),
+                String::new(),
+                dropped,
+                v.duplicated.to_string(),
+                v.spliced.to_string(),
+                if kind.numbers_clients() {
+                    v.misattributed.to_string()
+                } else {
+                    "n/a".into()
+                },
+            ],
+        ));
+        let _ = std::fs::remove_file(&path);
+    }
+    let best = rows
+        .iter()
+        .filter(|(k, ..)| *k != Kind::Overhear)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, rate, _)| *rate > 0.0)
+        .map(|(k, rate, _)| (*k, *rate));
+    for (kind, rate, cells) in rows {
+        let mut row = vec![kind.name().to_string()];
+        if cells.len() > 4 {
+            row.extend(cells[..4].iter().cloned());
+            row.push(best.map_or("—".into(), |(_, b)| ratio(rate, b)));
+            row.extend(cells[5..].iter().cloned());
+        } else {
+            row.extend(cells);
+        }
+        table.rows.push(row);
+    }
+    table.print();
+    if let Some((kind, _)) = best {
+        notes.insert(0, format!("Best peer: {}.", kind.name()));
+    }
+    for note in notes {
+        println!("\n{note}");
+    }
+}
+
 // ---------------------------------------------------------------- sinks
 
 /// The listening socket of a sink: loopback, `port`, a backlog as deep as overhear's.
@@ -1285,7 +1697,14 @@ fn main() {
         .and_then(|m| m.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let known = ["throughput", "churn", "concurrent", "latency"];
+    let known = [
+        "throughput",
+        "churn",
+        "concurrent",
+        "latency",
+        "udp",
+        "unix",
+    ];
     let mut chosen: Vec<&str> = args
         .iter()
         .map(String::as_str)
@@ -1333,6 +1752,8 @@ fn main() {
                 concurrent(&with_small, &sizes, &floors, &dir);
             }
             "latency" => latency(&kinds, &dir),
+            "udp" => udp(&kinds, &dir),
+            "unix" => unix(&kinds, mib, rounds, &dir),
             _ => unreachable!("filtered to known scenarios"),
         }
     }

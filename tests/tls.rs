@@ -1,0 +1,499 @@
+//! TLS: clients that speak TLS get everything plain TCP clients get. Met with `openssl
+//! s_client`, `ncat --ssl` and `curl -k`; certificates made with the openssl CLI; a rustls
+//! client where the test counts bytes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::common::{LONG_TIMEOUT, Signal, Spawned, TIMEOUT, installed, run_to_end};
+
+/// A directory of certificates made for one test, removed with it.
+struct Certs(PathBuf);
+
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("overhear-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make a directory");
+        Certs(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("UTF-8").to_owned()
+    }
+
+    /// Runs `openssl ARGS` in the directory; panics if it fails.
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.0)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A self-signed server certificate for localhost and 127.0.0.1 with a key of `kind`
+    /// (`rsa:2048`, `ec`, `ed25519`): (cert, key).
+    fn server(&self, name: &str, kind: &str) -> (String, String) {
+        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+        let mut args = vec!["req", "-x509", "-newkey", kind];
+        if kind == "ec" {
+            args.extend(["-pkeyopt", "ec_paramgen_curve:P-256"]);
+        }
+        args.extend([
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            // An end-entity certificate, as a server's is (rustls refuses a CA there).
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ]);
+        self.openssl(&args);
+        (self.path(&cert), self.path(&key))
+    }
+
+    /// A CA, and a client certificate it signed for `subject`: (ca, client cert, client key).
+    fn client_ca(&self, subject: &str) -> (String, String, String) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ]);
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            subject,
+        ]);
+        std::fs::write(
+            self.0.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("write extensions");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "client.ext",
+        ]);
+        (
+            self.path("ca.pem"),
+            self.path("client.pem"),
+            self.path("client.key"),
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether the programs a test drives are here; in CI they must be.
+fn have(programs: &[&str]) -> bool {
+    for program in programs {
+        if !installed(program) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{program} is missing: .ci/run installs it"
+            );
+            eprintln!("skipped: {program} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// A client program with its stdin piped and its output discarded; killed and reaped when
+/// dropped.
+struct Client(Child);
+
+impl Client {
+    fn start(program: &str, args: &[&str]) -> Client {
+        Client(
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|err| panic!("cannot run {program}: {err}")),
+        )
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.0.stdin.as_mut().expect("piped");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("type into the client");
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `openssl s_client` (with SNI), `ncat --ssl` and `curl -k` (offered h2 and http/1.1 by the
+/// server) at once: each numbered and attributed, curl's request lines printed, and the connect
+/// lines say the version, cipher, SNI and ALPN.
+#[test]
+fn openssl_ncat_and_curl_clients_are_heard() {
+    if !have(&["openssl", "ncat", "curl"]) {
+        return;
+    }
+    let mut server = Spawned::start(&["--tls", "--tls-alpn", "http/1.1"]);
+    let port = server.addr().port().to_string();
+    let target = format!("127.0.0.1:{port}");
+    let line = server.wait_stderr("listening on ", TIMEOUT);
+    assert!(
+        line.contains(&format!("listening on {target}; TLS, certificate SHA-256 ")),
+        "{line}"
+    );
+    let mut openssl = Client::start(
+        "openssl",
+        &[
+            "s_client",
+            "-quiet",
+            "-connect",
+            &target,
+            "-servername",
+            "api.example.test",
+        ],
+    );
+    let first = server.wait_stderr("client 1 connected from 127.0.0.1:", TIMEOUT);
+    assert!(first.contains("(TLS 1.3, TLS13_"), "{first}");
+    assert!(first.contains(", SNI api.example.test)"), "{first}");
+    let mut ncat = Client::start("ncat", &["--ssl", "127.0.0.1", &port]);
+    server.wait_stderr("client 2 connected from", TIMEOUT);
+    openssl.type_line("from openssl");
+    ncat.type_line("from ncat");
+    server.wait_stdout("[1] from openssl", TIMEOUT);
+    server.wait_stdout("[2] from ncat", TIMEOUT);
+    let curl = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "3",
+            &format!("https://{target}/some/path"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run curl");
+    let mut curl = Client(curl);
+    let third = server.wait_stderr("client 3 connected from", TIMEOUT);
+    assert!(third.contains(", ALPN http/1.1)"), "{third}");
+    server.wait_stdout("[3] GET /some/path HTTP/1.1", TIMEOUT);
+    server.wait_stdout("[3] User-Agent: curl/", TIMEOUT);
+    let _ = curl.0.kill();
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+}
+
+/// Your own certificate and key (RSA, ECDSA, Ed25519): a client that trusts it is served; a key
+/// that does not match, a missing file and a file without PEM are one clear line and exit 1,
+/// before anything listens.
+#[test]
+fn own_certificates_and_their_errors() {
+    if !have(&["openssl"]) {
+        return;
+    }
+    let certs = Certs::new("own");
+    for kind in ["rsa:2048", "ec", "ed25519"] {
+        let name = kind.replace(':', "");
+        let (cert, key) = certs.server(&name, kind);
+        let mut server = Spawned::start(&["--tls", "--tls-cert", &cert, "--tls-key", &key]);
+        let mut stream = tls_client(server.addr().port(), Path::new(&cert));
+        stream.write_all(b"trusted\n").expect("send");
+        stream.flush().expect("flush");
+        server.wait_stdout("[1] trusted", TIMEOUT);
+        server.stop(Signal::TERM).assert_success();
+    }
+    let (cert, _) = certs.server("one", "ec");
+    let (_, other_key) = certs.server("two", "ec");
+    let not_pem = certs.path("not.pem");
+    std::fs::write(&not_pem, "just text\n").expect("write");
+    let missing = certs.path("missing.pem");
+    for (args, says) in [
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &other_key],
+            format!(
+                "error: cannot use {cert} with {other_key}: the private key does not match the certificate"
+            ),
+        ),
+        (
+            vec!["--tls-cert", &missing, "--tls-key", &other_key],
+            format!("error: cannot read the certificate {missing}: no such file or directory"),
+        ),
+        (
+            vec!["--tls-cert", &not_pem, "--tls-key", &other_key],
+            format!("error: cannot read the certificate {not_pem}: no PEM the certificate in it"),
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &not_pem],
+            format!("error: cannot read the private key {not_pem}: no PEM the private key in it"),
+        ),
+    ] {
+        let mut full = vec!["--tls", "--port", "0", "-d", "1s"];
+        full.extend(args.iter().copied());
+        let out = run_to_end(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{full:?}: {stderr}");
+        assert_eq!(stderr.trim_end(), says, "{full:?}");
+        assert!(!stderr.contains("listening on"), "{stderr}");
+    }
+    let out = run_to_end(&["--tls-cert", &cert, "--port", "0"]);
+    assert_eq!(out.status.code(), Some(2), "--tls-cert without --tls-key");
+}
+
+/// `--tls-client-ca`: a client with a certificate the CA signed is served and its subject shown;
+/// one without a certificate is refused, and the warning says why.
+#[test]
+fn client_certificates_are_required_and_shown() {
+    if !have(&["openssl"]) {
+        return;
+    }
+    let certs = Certs::new("mutual");
+    let (ca, client_cert, client_key) = certs.client_ca("/CN=device-7/O=Example");
+    let out = certs.path("server.pem");
+    let mut server = Spawned::start(&[
+        "--tls",
+        "--tls-client-ca",
+        &ca,
+        "--tls-cert-out",
+        &out,
+        "--format",
+        "json",
+    ]);
+    let target = format!("127.0.0.1:{}", server.addr().port());
+    let mut with_cert = Client::start(
+        "openssl",
+        &[
+            "s_client",
+            "-quiet",
+            "-connect",
+            &target,
+            "-cert",
+            &client_cert,
+            "-key",
+            &client_key,
+        ],
+    );
+    let line = server.wait_stderr("client 1 connected from", TIMEOUT);
+    assert!(line.contains("client CN=device-7, O=Example)"), "{line}");
+    with_cert.type_line("signed");
+    server.wait_stdout("signed", TIMEOUT);
+    let mut without = Client::start("openssl", &["s_client", "-quiet", "-connect", &target]);
+    let warning = server.wait_stderr("client 2: TLS handshake failed: ", TIMEOUT);
+    assert!(
+        warning.contains("certificate"),
+        "the reason names the missing certificate: {warning}"
+    );
+    let _ = without.0.kill();
+    let finished = server.stop(Signal::TERM);
+    let connect = finished
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .find(|e| e["event"] == "connect" && e["client"] == 1)
+        .expect("connect event");
+    assert_eq!(
+        connect["tls"]["client_subject"], "CN=device-7, O=Example",
+        "{connect}"
+    );
+    assert_eq!(connect["tls"]["version"], "TLS 1.3", "{connect}");
+    finished.assert_stderr_has("1 TLS handshake failed");
+}
+
+/// Plain text to a TLS port is told apart; a client that sends nothing is dropped after the
+/// handshake timeout; 200 stalled handshakes do not keep another client from being served.
+#[test]
+fn failed_and_stalled_handshakes_are_the_clients_own() {
+    let dir = Certs::new("stalled");
+    let cert = dir.path("generated.pem");
+    let mut server = Spawned::start(&[
+        "--tls",
+        "--tls-handshake-timeout",
+        "1500ms",
+        "--tls-cert-out",
+        &cert,
+    ]);
+    let addr = server.addr();
+    let mut plain = crate::common::connect(addr);
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    server.wait_stderr(
+        "client 1: TLS handshake failed: sent plain text, not a TLS handshake (it began \"GET / HTTP/1.0\\x0d\\x0a",
+        TIMEOUT,
+    );
+    // Accepted in the order they connect: the stalled ones are clients 2 to 201 (their connect
+    // lines would come after their handshakes, which never come).
+    let stalled: Vec<TcpStream> = (0..200).map(|_| crate::common::connect(addr)).collect();
+    let mut stream = tls_client(addr.port(), Path::new(&cert));
+    stream.write_all(b"served anyway\n").expect("send");
+    stream.flush().expect("flush");
+    server.wait_stdout("[202] served anyway", LONG_TIMEOUT);
+    server.wait_stderr(
+        "client 2: TLS handshake failed: no handshake within 1s 500ms (--tls-handshake-timeout)",
+        TIMEOUT,
+    );
+    server.wait_stderr(
+        "client 201: TLS handshake failed: no handshake within",
+        TIMEOUT,
+    );
+    drop(stalled);
+    let finished = server.stop(Signal::TERM);
+    finished.assert_stderr_has("201 TLS handshakes failed");
+}
+
+/// A stop while 50 TLS clients stream: every line each client wrote is printed, whole and in
+/// order, and every client then sees the server's close_notify (or the end of the stream).
+#[test]
+fn a_stop_while_50_tls_clients_stream_loses_nothing() {
+    let dir = Certs::new("stop");
+    let cert = dir.path("generated.pem");
+    let mut server = Spawned::start(&["--tls", "--tls-cert-out", &cert, "--max-line", "1KiB"]);
+    let port = server.addr().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<thread::JoinHandle<(usize, String)>> = (0..50)
+        .map(|c| {
+            let stop = Arc::clone(&stop);
+            let cert = PathBuf::from(&cert);
+            thread::spawn(move || {
+                let mut stream = tls_client(port, &cert);
+                let mut written = 0;
+                let deadline = Instant::now() + LONG_TIMEOUT;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let line = format!("c{c:02}-{written:06}-{}\n", "x".repeat(written % 90));
+                    stream
+                        .write_all(line.as_bytes())
+                        .expect("send before the stop");
+                    written += 1;
+                }
+                stream.flush().expect("flush");
+                // Done: say so, then read what the server says until it ends.
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+                let mut rest = Vec::new();
+                let end = match stream.read_to_end(&mut rest) {
+                    Ok(_) => String::from("close_notify"),
+                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        String::from("EOF")
+                    }
+                    Err(err) => format!("{err}"),
+                };
+                (written, end)
+            })
+        })
+        .collect();
+    server.wait_stderr("client 50 connected from", TIMEOUT);
+    server.wait_stdout("c49-000100", LONG_TIMEOUT);
+    server.signal(Signal::TERM);
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(usize, String)> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client thread"))
+        .collect();
+    let finished = server.wait_exit(LONG_TIMEOUT);
+    let mut printed: Vec<Vec<&str>> = vec![Vec::new(); 50];
+    for line in finished.stdout.lines() {
+        let (prefix, text) = line.split_once(' ').expect("prefixed line");
+        assert!(
+            !prefix.contains('!') && !prefix.contains('+'),
+            "a cut or split line: {line}"
+        );
+        let c: usize = text[1..3].parse().expect("client tag");
+        printed[c].push(text);
+    }
+    for (c, (written, end)) in results.iter().enumerate() {
+        assert!(
+            end == "close_notify" || end == "EOF",
+            "client {c} ended with {end}"
+        );
+        assert_eq!(
+            printed[c].len(),
+            *written,
+            "client {c}: lines printed vs written"
+        );
+        for (k, text) in printed[c].iter().enumerate() {
+            let want = format!("c{c:02}-{k:06}-{}", "x".repeat(k % 90));
+            assert_eq!(*text, want, "client {c} line {k}");
+        }
+    }
+}
+
+/// A rustls client to 127.0.0.1:`port` that trusts the certificate in `cert` (as `localhost`).
+fn tls_client(port: u16, cert: &Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(cert).expect("read the certificate") {
+        roots.add(der.expect("PEM")).expect("a trusted certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("a name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a session");
+    let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    sock.set_write_timeout(Some(TIMEOUT)).expect("timeout");
+    rustls::StreamOwned::new(conn, sock)
+}
