@@ -17,6 +17,7 @@ use crate::access::{AccessRules, parse_network};
 use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_CONNS, DEFAULT_PORT};
 use crate::error::{EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::format::{Format, OutputOptions, Style};
+use crate::framing::Framing;
 use crate::listen::tls::{Identity, TlsOptions};
 use crate::listen::{Spec, UnixMode, UnixPath};
 use crate::talk::TalkSettings;
@@ -217,6 +218,16 @@ struct Flags {
     /// Send every byte a client sends back to it
     #[arg(long)]
     echo: bool,
+
+    /// How messages are cut: lines, delimiter:X, syslog (RFC 6587), length:u8|u16be|u16le|
+    /// u32be|u32le, none (each read)
+    #[arg(long, value_name = "KIND", default_value = "lines", value_parser = Framing::parse,
+          value_hint = ValueHint::Other)]
+    framing: Framing,
+
+    /// Refuse a telnet client's option negotiation and take telnet commands out of messages
+    #[arg(long)]
+    telnet: bool,
 
     /// Send each line typed on stdin to the clients: auto (when stdin is a terminal), always
     /// (a pipe or FIFO too), never. "@3 text" goes to client 3, others to every client
@@ -521,6 +532,8 @@ impl Args {
                         && flags.color.resolve(terminal, no_color.as_deref()),
                 },
                 echo: flags.echo,
+                framing: flags.framing,
+                telnet: flags.telnet,
                 greeting: greeting.map(crate::outbox::Message::greeting),
             },
             input: read_stdin.then_some(TalkSettings {

@@ -75,6 +75,8 @@ impl Default for Config {
                 max_line: DEFAULT_MAX_LINE,
                 output: OutputOptions::default(),
                 echo: false,
+                framing: crate::framing::Framing::Lines,
+                telnet: false,
                 greeting: None,
             },
             input: None,

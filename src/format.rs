@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use serde::Serialize;
 
-use crate::framing::{LineEnd, Piece};
+use crate::framing::{Framing, LineEnd, Piece};
 use crate::listen::tls::TlsInfo;
 use crate::listen::{Peer, Spec};
 use crate::output::escape_into;
@@ -103,6 +103,8 @@ pub struct ClientFormat {
     listener: Spec,
     /// What its TLS handshake agreed, if it speaks TLS.
     tls: Option<TlsInfo>,
+    /// How its stream is cut into messages, named in its `connect` event unless `lines`.
+    framing: Framing,
     options: OutputOptions,
     /// `[N] ` (colored if asked), and `[N+] ` for continued pieces.
     prefix: Vec<u8>,
@@ -125,11 +127,17 @@ impl ClientFormat {
             peer,
             listener,
             tls: None,
+            framing: Framing::Lines,
             options,
             prefix: format!("{on}[{n}]{off} ").into_bytes(),
             continued_prefix: format!("{on}[{n}+]{off} ").into_bytes(),
             now: String::new(),
         }
+    }
+
+    /// The same format for a client whose stream is cut into messages by `framing`.
+    pub fn with_framing(self, framing: Framing) -> ClientFormat {
+        ClientFormat { framing, ..self }
     }
 
     /// Records what the client's TLS handshake agreed, for its `connect` event.
@@ -159,8 +167,7 @@ impl ClientFormat {
             };
             let eol = match piece.end {
                 LineEnd::None => None,
-                LineEnd::Lf => Some("\n"),
-                LineEnd::CrLf => Some("\r\n"),
+                end => std::str::from_utf8(end.bytes()).ok(),
             };
             write_json(
                 out,
@@ -231,6 +238,7 @@ impl ClientFormat {
                     event: "connect",
                     listener: Some(&self.listener),
                     tls: self.tls.as_ref(),
+                    framing: (self.framing != Framing::Lines).then(|| self.framing.to_string()),
                     pid: self.peer.credentials().and_then(|c| c.pid),
                     uid: self.peer.credentials().map(|c| c.uid),
                     gid: self.peer.credentials().map(|c| c.gid),
@@ -330,6 +338,9 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listener: Option<&'a Spec>,
     /// The credentials of a process on a Unix socket (`connect`), where known.
+    /// How the client's stream is cut into messages (`connect`), unless `lines`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub framing: Option<String>,
     /// What a TLS client's handshake agreed (`connect`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'a TlsInfo>,

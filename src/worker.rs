@@ -25,7 +25,8 @@ use log::{Level, debug, info, log, warn};
 
 use crate::error::describe;
 use crate::format::{ClientFormat, ClientTotals, Format, OutputOptions, counted};
-use crate::framing::{LineFramer, Piece};
+use crate::framing::telnet::Telnet;
+use crate::framing::{Framer, Framing, FramingError, Piece};
 use crate::listen::tls::HandshakeFailure;
 use crate::listen::{Connection, Peer, Spec};
 use crate::outbox::{Chunk, Dropped, Kind, Message, Outbox};
@@ -105,6 +106,10 @@ pub struct WorkerSettings {
     pub output: OutputOptions,
     /// Send every byte received back to its client.
     pub echo: bool,
+    /// How each client's bytes are cut into messages.
+    pub framing: Framing,
+    /// Refuse telnet negotiation and take telnet commands out of the stream.
+    pub telnet: bool,
     /// Sent to each client as it is accepted, before anything it sends is read.
     pub greeting: Option<Arc<Message>>,
 }
@@ -221,7 +226,9 @@ pub struct Worker {
     cannot_send: bool,
     /// Bytes written to the client.
     sent: u64,
-    framer: LineFramer,
+    framer: Framer,
+    /// The telnet filter (`--telnet`).
+    telnet: Option<Telnet>,
     format: ClientFormat,
     /// Read buffer; allocated while the client sends, released when it goes quiet.
     buf: Vec<u8>,
@@ -308,13 +315,15 @@ impl Worker {
         } = shared;
         Worker {
             id,
-            format: ClientFormat::new(id, peer.clone(), listener.clone(), settings.output),
+            format: ClientFormat::new(id, peer.clone(), listener.clone(), settings.output)
+                .with_framing(settings.framing),
             peer,
             listener: named.then_some(listener),
             conn,
             stop: Arc::new(AtomicBool::new(false)),
             shutdown,
-            framer: LineFramer::new(settings.max_line),
+            framer: settings.framing.framer(settings.max_line),
+            telnet: settings.telnet.then(Telnet::default),
             settings,
             output,
             outbox,
@@ -633,7 +642,14 @@ impl Worker {
                     }
                     self.burst += n;
                     self.heard = Instant::now();
-                    self.consume(n);
+                    if let Err(err) = self.consume(n) {
+                        self.hand_over();
+                        warn!("{}: {err}; disconnecting", self.id);
+                        return Ok(Some(End::Failed(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            err.0,
+                        ))));
+                    }
                     self.hand_over();
                     // After the hand-over, so the output wait of the last owed bytes is left out
                     // of the drain limit too.
@@ -680,8 +696,23 @@ impl Worker {
         Ok(end)
     }
 
-    /// Frames and formats the first `n` bytes of the read buffer (and echoes them if asked).
-    fn consume(&mut self, n: usize) {
+    /// Frames and formats the first `n` bytes of the read buffer (and echoes them if asked); with
+    /// `--telnet`, after taking the telnet commands out and queueing the answers.
+    ///
+    /// # Errors
+    /// When the framing cannot go on (a length prefix over its limit).
+    fn consume(&mut self, n: usize) -> Result<(), FramingError> {
+        let mut len = n;
+        if let Some(telnet) = &mut self.telnet {
+            let mut plain = Vec::with_capacity(n);
+            let mut replies = Vec::new();
+            telnet.filter(&self.buf[..n], &mut plain, &mut replies);
+            if !replies.is_empty() {
+                self.outbox.push_echo(&replies);
+            }
+            len = plain.len();
+            self.buf[..len].copy_from_slice(&plain);
+        }
         let Worker {
             framer,
             format,
@@ -694,22 +725,23 @@ impl Worker {
             ..
         } = self;
         // Room for the data and its prefixes, in one allocation for most reads.
-        lines.reserve(n + n / 4);
+        lines.reserve(len + len / 4);
         format.stamp();
-        let data = &buf[..n];
-        if settings.output.format == Format::Hex {
+        let data = &buf[..len];
+        let framed = if settings.output.format == Format::Hex {
             format.hex(lines, *bytes, data);
             // Still framed, so the counts of messages mean the same in every format.
-            framer.push(data, |piece| record(piece, messages, unhanded, None, lines));
+            framer.push(data, |piece| record(piece, messages, unhanded, None, lines))
         } else {
             framer.push(data, |piece| {
                 record(piece, messages, unhanded, Some(format), lines)
-            });
-        }
+            })
+        };
         *bytes += n as u64;
         if self.settings.echo {
-            self.echo(n);
+            self.echo(len);
         }
+        framed
     }
 
     /// Sends the first `n` bytes of the read buffer back to the client: at once if nothing else
@@ -920,6 +952,8 @@ mod tests {
             max_line: 1024,
             output: OutputOptions::default(),
             echo: false,
+            framing: Framing::Lines,
+            telnet: false,
             greeting: None,
         };
         let output = Output::new(

@@ -18,7 +18,7 @@ use super::{Peer, Spec};
 use crate::access::AccessRules;
 use crate::error::describe;
 use crate::format::{ClientFormat, ClientTotals, Format, counted};
-use crate::framing::LineFramer;
+use crate::framing::Framer;
 use crate::outbox::{Chunk, Kind, Outbox};
 use crate::poll::{self, Fd, Flags};
 use crate::talk::Clients;
@@ -114,7 +114,7 @@ pub struct Receiver {
 struct Source {
     id: ClientId,
     peer: Peer,
-    framer: LineFramer,
+    framer: Framer,
     format: ClientFormat,
     outbox: Arc<Outbox>,
     messages: u64,
@@ -122,6 +122,8 @@ struct Source {
     sent: u64,
     started: Instant,
     heard: Instant,
+    /// Whether a framing error was reported for this source (once is enough).
+    misframed: bool,
 }
 
 impl Receiver {
@@ -284,7 +286,7 @@ impl Receiver {
             ..
         } = source;
         let format = show.then_some(&*format);
-        framer.push(data, |piece| {
+        let framed = framer.push(data, |piece| {
             record(piece, messages, unhanded, format, lines)
         });
         // The datagram's end ends its last message.
@@ -292,6 +294,12 @@ impl Receiver {
             record(piece, messages, unhanded, format, lines)
         });
         framer.shrink();
+        if let Err(err) = framed {
+            // The rest of this datagram is dropped; the next one starts afresh.
+            if !std::mem::replace(&mut source.misframed, true) {
+                warn!("{}: {err}; the rest of its datagram is dropped", source.id);
+            }
+        }
         source.bytes += data.len() as u64;
         if settings.worker.echo {
             match socket.send_to(data, from) {
@@ -318,7 +326,8 @@ impl Receiver {
             peer.clone(),
             self.spec.clone(),
             self.settings.worker.output,
-        );
+        )
+        .with_framing(self.settings.worker.framing);
         format.stamp();
         format.connect(&mut self.lines);
         let outbox = Arc::new(Outbox::default());
@@ -336,7 +345,11 @@ impl Receiver {
             Source {
                 id,
                 peer,
-                framer: LineFramer::new(self.settings.worker.max_line),
+                framer: self
+                    .settings
+                    .worker
+                    .framing
+                    .framer(self.settings.worker.max_line),
                 format,
                 outbox,
                 messages: 0,
@@ -344,6 +357,7 @@ impl Receiver {
                 sent: 0,
                 started: now,
                 heard: now,
+                misframed: false,
             },
         );
     }

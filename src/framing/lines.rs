@@ -1,54 +1,16 @@
-//! `LineFramer` turns one client's byte stream into messages: pure bytes in, messages out, no I/O,
-//! no clock, no threads, so any chunking of the same stream yields the same messages.
-//!
-//! A message ends at `\n`; a `\r` right before it is taken out of the message and reported as
-//! part of its line end ([`LineEnd`]), so the pieces and their line ends give back the stream byte
-//! for byte. A message longer than the framer's maximum is handed out in pieces of exactly that
-//! many bytes; every piece after the first is marked [`Piece::continued`], which keeps a client's
-//! memory bounded however long its lines are.
+//! Lines (`--framing lines`, the default) and delimiters (`--framing delimiter:X`): a message
+//! ends at `\n` (or at the byte X). For lines, a `\r` right before the `\n` is taken out of the
+//! message and reported as part of its line end ([`LineEnd`]), so the pieces and their line ends
+//! give back the stream byte for byte. A message longer than the framer's maximum is handed out
+//! in pieces of exactly that many bytes; every piece after the first is marked
+//! [`Piece::continued`], which keeps a client's memory bounded however long its lines are.
 
 use memchr::memchr;
 
-/// How a piece ended: the bytes that followed it in the stream and are not part of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LineEnd {
-    /// Nothing: the piece was cut at the maximum length, or the stream ended (the client closed,
-    /// the server stopped) before a line end came.
-    #[default]
-    None,
-    /// `\n`.
-    Lf,
-    /// `\r\n`.
-    CrLf,
-}
+use super::{LineEnd, Piece};
 
-impl LineEnd {
-    /// The bytes of this line end.
-    pub fn bytes(self) -> &'static [u8] {
-        match self {
-            LineEnd::None => b"",
-            LineEnd::Lf => b"\n",
-            LineEnd::CrLf => b"\r\n",
-        }
-    }
-}
-
-/// One message, or one piece of a message longer than the maximum line length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece<'a> {
-    /// The message bytes, without the `\n` (or `\r\n`) that ended them.
-    pub bytes: &'a [u8],
-    /// True when this piece continues a message whose earlier bytes were already handed out.
-    pub continued: bool,
-    /// What ended this piece. A message whose `\r\n` falls just past a cut at the maximum ends
-    /// in an empty continued piece that carries only its line end.
-    pub end: LineEnd,
-    /// True when the stream was cut off in the middle of this message: the server stopped
-    /// reading while the client was still sending it (see [`LineFramer::finish`]).
-    pub cut: bool,
-}
-
-/// Splits a byte stream into messages at `\n`, holding at most `max_line` bytes of an unfinished one.
+/// Splits a byte stream into messages at `\n` (or another delimiter), holding at most `max_line`
+/// bytes of an unfinished one.
 #[derive(Debug)]
 pub struct LineFramer {
     /// Bytes of the current message not yet handed out; never longer than `max_line`.
@@ -56,6 +18,10 @@ pub struct LineFramer {
     /// Whether pieces of the current message were already handed out.
     continued: bool,
     max_line: usize,
+    /// The byte that ends a message.
+    delimiter: u8,
+    /// Whether a `\r` before the `\n` belongs to the line end (lines, not a delimiter).
+    crlf: bool,
 }
 
 impl LineFramer {
@@ -69,12 +35,27 @@ impl LineFramer {
             pending: Vec::new(),
             continued: false,
             max_line,
+            delimiter: b'\n',
+            crlf: true,
+        }
+    }
+
+    /// A framer that ends messages at `delimiter`, which is not part of them (a `\r` before it
+    /// is, even when the delimiter is `\n`).
+    ///
+    /// # Panics
+    /// If `max_line` is zero.
+    pub fn with_delimiter(max_line: usize, delimiter: u8) -> LineFramer {
+        LineFramer {
+            delimiter,
+            crlf: false,
+            ..LineFramer::new(max_line)
         }
     }
 
     /// Feeds the next bytes of the stream, calling `emit` for each message or piece they complete.
     pub fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(Piece<'_>)) {
-        while let Some(end) = memchr(b'\n', data) {
+        while let Some(end) = memchr(self.delimiter, data) {
             self.feed(&data[..end], true, &mut emit);
             data = &data[end + 1..];
         }
@@ -159,8 +140,9 @@ impl LineFramer {
             &self.pending
         };
         let (tail, line_end) = match whole.strip_suffix(b"\r") {
-            Some(tail) => (tail, LineEnd::CrLf),
-            None => (whole, LineEnd::Lf),
+            Some(tail) if self.crlf => (tail, LineEnd::CrLf),
+            _ if self.delimiter == b'\n' => (whole, LineEnd::Lf),
+            _ => (whole, LineEnd::Delimiter(self.delimiter)),
         };
         emit(Piece {
             bytes: tail,
