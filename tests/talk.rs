@@ -11,7 +11,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    LONG_TIMEOUT, Netcat, Signal, Spawned, TIMEOUT, bin, connect, installed, netcat_available, send,
+    LONG_TIMEOUT, Netcat, Signal, Spawned, TIMEOUT, bin, connect, decode_base64, installed,
+    netcat_available, send,
 };
 
 /// The bytes received so far and whether EOF came, with the condition that signals a change.
@@ -517,23 +518,6 @@ fn peak_memory(pid: u32) -> u64 {
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .expect("VmHWM in /proc/PID/status")
-}
-
-fn decode_base64(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut bits = 0u32;
-    let mut count = 0;
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let value = ALPHABET.iter().position(|&a| a == c).expect("base64") as u32;
-        bits = bits << 6 | value;
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    out
 }
 
 /// A child process killed and reaped when dropped.

@@ -3,7 +3,8 @@
 //! `descriptors` (bounds and faults), `output_modes` (formats, colors, files), `edges` (output
 //! and stop at their edges: slow, blocked, closed or odd outputs), `stop` (randomized stops),
 //! `clients` (README's walk-through with nc, ncat, socat and telnet), `first_hour` (help,
-//! manual, completions and hints) `talk` (typed messages sent back to clients), `tls` (TLS clients) and `ways_in` (Unix sockets, UDP, several
+//! manual, completions and hints) `framing` (syslog, telnet,
+//! length prefixes, delimiters), `talk` (typed messages sent back to clients), `tls` (TLS clients) and `ways_in` (Unix sockets, UDP, several
 //! listeners).
 //!
 //! They run on Linux, where CI runs them: they read `/proc`, and use Linux's pipe and socket
@@ -16,6 +17,7 @@ mod common;
 mod descriptors;
 mod edges;
 mod first_hour;
+mod framing;
 mod limits;
 mod listener;
 mod output_modes;

@@ -648,6 +648,26 @@ pub fn wait_threads(pid: u32, what: &str, timeout: Duration, done: impl Fn(&[Str
     }
 }
 
+/// Decodes standard base64 (JSON `data_b64`).
+pub fn decode_base64(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut bits, mut count) = (0u32, 0);
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let value = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .unwrap_or_else(|| panic!("not base64: {text}")) as u32;
+        bits = bits << 6 | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
 /// Whether `program` is on the PATH.
 pub fn installed(program: &str) -> bool {
     std::env::var_os("PATH")
