@@ -17,7 +17,7 @@ use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
@@ -157,6 +157,23 @@ impl Listening {
     /// Whether no more messages will be typed.
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    /// At a stop, before a worker sends its last queued bytes: waits until the input is read to
+    /// its end (so a line typed just before the stop is queued), or until `deadline`.
+    pub fn wait_finished(&self, deadline: Instant) {
+        loop {
+            // Taken before the look at the flag: the ring that follows setting it wakes this.
+            let pipe = self.bell.current();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.is_finished() || left.is_zero() {
+                return;
+            }
+            let mut fds = [Fd::new(pipe.waker(), Flags::IN)];
+            if poll::wait(&mut fds, left).is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -591,17 +591,9 @@ impl Worker {
                 start.elapsed() >= DRAIN_LIMIT
             }
         };
-        if stopping {
-            while let Some(listening) = &self.listening {
-                let pipe = listening.bell.current();
-                if listening.is_finished() || past(self) {
-                    break;
-                }
-                let mut fds = [Fd::new(pipe.waker(), Flags::IN)];
-                if poll::wait(&mut fds, self.settings.poll_interval.min(DRAIN_GRACE)).is_err() {
-                    break;
-                }
-            }
+        if let (true, Some(listening)) = (stopping, &self.listening) {
+            let stop = self.shutdown.requested_at().unwrap_or(start);
+            listening.wait_finished(stop + DRAIN_LIMIT + self.output_wait);
         }
         loop {
             self.send();

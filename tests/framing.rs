@@ -6,46 +6,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::common::{
-    LONG_TIMEOUT, Signal, Spawned, TIMEOUT, decode_base64, installed, netcat_available, send,
+    LONG_TIMEOUT, Signal, Spawned, TIMEOUT, decode_base64, have, netcat_available, run_program,
+    send,
 };
-
-/// Whether the programs a test drives are here; in CI they must be.
-fn have(programs: &[&str]) -> bool {
-    for program in programs {
-        if !installed(program) {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{program} is missing: .ci/run installs it"
-            );
-            eprintln!("skipped: {program} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-/// Runs `program ARGS` with `input` on stdin, to its end; panics if it fails.
-fn run(program: &str, args: &[&str], input: &[u8]) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(input)
-        .expect("write the input");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `logger --tcp --octet-count` (two records on one connection, and a record holding a
 /// newline) and `logger --tcp` (non-transparent framing) to one `--framing syslog` port: each
@@ -60,17 +23,17 @@ fn logger_records_are_messages_with_syslog_framing() {
     let to = ["-n", "127.0.0.1", "-P", &port];
     let mut args = vec!["--tcp", "--octet-count"];
     args.extend(to);
-    run("logger", &args, b"first record\nsecond record\n");
+    run_program("logger", &args, b"first record\nsecond record\n");
     server.wait_stderr("client 1 disconnected", TIMEOUT);
     let mut args = vec!["--tcp", "--octet-count"];
     args.extend(to);
     args.push("two\nlines");
-    run("logger", &args, b"");
+    run_program("logger", &args, b"");
     server.wait_stderr("client 2 disconnected", TIMEOUT);
     let mut args = vec!["--tcp"];
     args.extend(to);
     args.push("non-transparent");
-    run("logger", &args, b"");
+    run_program("logger", &args, b"");
     server.wait_stderr("client 3 disconnected", TIMEOUT);
     let finished = server.stop(Signal::TERM);
     let events: Vec<serde_json::Value> = finished
@@ -171,7 +134,7 @@ fn length_prefixed_frames_from_python() {
              \x20   s.sendall(struct.pack('{pack}', n) + bytes((i * 7) % 256 for i in range(n)))\n\
              s.close()\n"
         );
-        run("python3", &["-c", &program], b"");
+        run_program("python3", &["-c", &program], b"");
         server.wait_stderr("client 1 disconnected (closed by client)", LONG_TIMEOUT);
         let finished = server.stop(Signal::TERM);
         let sizes: Vec<usize> = finished
@@ -238,7 +201,7 @@ fn nul_delimited_records_from_find() {
         dir.display(),
         server.addr().port()
     );
-    run("sh", &["-c", &pipeline], b"");
+    run_program("sh", &["-c", &pipeline], b"");
     server.wait_stderr("client 1 disconnected", TIMEOUT);
     let finished = server.stop(Signal::TERM);
     let base = dir.display().to_string();

@@ -14,28 +14,25 @@ use std::time::Instant;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::common::{LONG_TIMEOUT, Signal, Spawned, TIMEOUT, installed, run_to_end};
+use crate::common::{LONG_TIMEOUT, Signal, Spawned, TIMEOUT, TempDir, have, run_to_end};
 
 /// A directory of certificates made for one test, removed with it.
-struct Certs(PathBuf);
+struct Certs(TempDir);
 
 impl Certs {
     fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("overhear-tls-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("make a directory");
-        Certs(dir)
+        Certs(TempDir::new(&format!("tls-{tag}")))
     }
 
     fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().expect("UTF-8").to_owned()
+        self.0.path(name)
     }
 
     /// Runs `openssl ARGS` in the directory; panics if it fails.
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
-            .current_dir(&self.0)
+            .current_dir(self.0.dir())
             .output()
             .expect("run openssl");
         assert!(
@@ -107,7 +104,7 @@ impl Certs {
             subject,
         ]);
         std::fs::write(
-            self.0.join("client.ext"),
+            self.0.dir().join("client.ext"),
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
         )
         .expect("write extensions");
@@ -134,27 +131,6 @@ impl Certs {
             self.path("client.key"),
         )
     }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Whether the programs a test drives are here; in CI they must be.
-fn have(programs: &[&str]) -> bool {
-    for program in programs {
-        if !installed(program) {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{program} is missing: .ci/run installs it"
-            );
-            eprintln!("skipped: {program} is not installed");
-            return false;
-        }
-    }
-    true
 }
 
 /// A client program with its stdin piped and its output discarded; killed and reaped when

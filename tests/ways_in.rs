@@ -4,57 +4,12 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use crate::common::{
-    Netcat, Signal, Spawned, TIMEOUT, connect, installed, netcat_available, run_to_end, send,
+    Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, installed, netcat_available, run_program,
+    run_to_end, send,
 };
-
-/// A socket path in a fresh directory of its own, removed with it.
-struct SocketDir(PathBuf);
-
-impl SocketDir {
-    fn new(tag: &str) -> SocketDir {
-        let dir = std::env::temp_dir().join(format!("overhear-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("make a directory");
-        SocketDir(dir)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().expect("UTF-8 path").to_owned()
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs a client program to its end with `input` on its stdin; panics if it fails.
-fn run_client(program: &str, args: &[&str], input: &[u8]) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(input).expect("write the client's input");
-    }
-    let output = child.wait_with_output().expect("wait for the client");
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// The address of a UDP listener from its `listening on udp://ADDR;` line.
 fn udp_addr(server: &Spawned) -> SocketAddr {
@@ -73,7 +28,7 @@ fn unix_clients_are_numbered_and_named_by_their_process() {
     if !netcat_available() {
         return;
     }
-    let dir = SocketDir::new("unix");
+    let dir = TempDir::new("unix");
     let path = dir.path("o.sock");
     let mut server = Spawned::start(&["-U", &path, "--unix-mode", "600", "--format", "json"]);
     assert_eq!(server.endpoints(), [format!("unix:{path}")]);
@@ -91,7 +46,7 @@ fn unix_clients_are_numbered_and_named_by_their_process() {
     }
     server.wait_stdout("from nc 3", TIMEOUT);
     if installed("logger") {
-        run_client("logger", &["-u", &path, "one record"], b"");
+        run_program("logger", &["-u", &path, "one record"], b"");
         let line = server.wait_stderr("client 4 connected from pid ", TIMEOUT);
         assert!(line.contains(", logger)"), "{line}");
         server.wait_stdout("one record", TIMEOUT);
@@ -144,7 +99,7 @@ fn unix_clients_are_numbered_and_named_by_their_process() {
 /// socket, are errors naming the path (exit 1), and are left alone.
 #[test]
 fn socket_files_are_replaced_only_when_stale() {
-    let dir = SocketDir::new("stale");
+    let dir = TempDir::new("stale");
     let stale = dir.path("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
     assert!(
@@ -196,7 +151,7 @@ fn abstract_names_need_no_file() {
     let name = format!("overhear-test-{}", std::process::id());
     let mut server = Spawned::start(&["-U", &format!("@{name}")]);
     assert_eq!(server.endpoints(), [format!("unix:@{name}")]);
-    run_client(
+    run_program(
         "socat",
         &["-", &format!("ABSTRACT-CONNECT:{name}")],
         b"by name\n",
@@ -215,12 +170,12 @@ fn udp_sources_are_clients() {
     let mut server = Spawned::start(&["-u"]);
     let addr = udp_addr(&server);
     let port = addr.port().to_string();
-    run_client("nc", &["-u", "-q0", "127.0.0.1", &port], b"one\ntwo");
+    run_program("nc", &["-u", "-q0", "127.0.0.1", &port], b"one\ntwo");
     server.wait_stderr("client 1 connected from 127.0.0.1:", TIMEOUT);
-    run_client("nc", &["-u", "-q0", "127.0.0.1", &port], b"second sender\n");
+    run_program("nc", &["-u", "-q0", "127.0.0.1", &port], b"second sender\n");
     server.wait_stderr("client 2 connected from 127.0.0.1:", TIMEOUT);
     if installed("logger") {
-        run_client(
+        run_program(
             "logger",
             &["--udp", "-n", "127.0.0.1", "-P", &port, "via logger"],
             b"",
@@ -347,7 +302,7 @@ fn a_burst_of_datagrams_is_printed_or_counted_as_dropped() {
 /// listener, one summary; the stop ends all of them with nothing lost.
 #[test]
 fn tcp_udp_and_unix_in_one_run() {
-    let dir = SocketDir::new("mixed");
+    let dir = TempDir::new("mixed");
     let path = dir.path("m.sock");
     let mut server = Spawned::start(&[
         "--listen",
@@ -457,7 +412,7 @@ fn udp_and_unix_clients_are_answered() {
     let finished = server.stop(Signal::TERM);
     finished.assert_stderr_has("sent 16 bytes");
 
-    let dir = SocketDir::new("answered");
+    let dir = TempDir::new("answered");
     let path = dir.path("a.sock");
     let mut server = Spawned::start_typing(&["-U", &path, "--stdin", "always"]);
     let mut local = UnixStream::connect(&path).expect("connect");

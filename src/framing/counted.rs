@@ -501,21 +501,9 @@ mod tests {
     }
 
     mod properties {
+        use super::super::super::chunked;
         use super::*;
         use proptest::prelude::*;
-
-        fn chunked<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
-            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-            at.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut from = 0;
-            for to in at {
-                chunks.push(&bytes[from..to]);
-                from = to;
-            }
-            chunks.push(&bytes[from..]);
-            chunks
-        }
 
         fn framings() -> impl Strategy<Value = Framing> {
             prop_oneof![

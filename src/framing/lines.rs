@@ -304,6 +304,7 @@ mod tests {
     }
 
     mod properties {
+        use super::super::super::chunked;
         use super::*;
         use proptest::prelude::*;
 
@@ -313,20 +314,6 @@ mod tests {
                 prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), any::<u8>()],
                 0..300,
             )
-        }
-
-        /// `bytes` cut at the points `cuts` pick.
-        fn chunked<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut from = 0;
-            for to in points {
-                chunks.push(&bytes[from..to]);
-                from = to;
-            }
-            chunks.push(&bytes[from..]);
-            chunks
         }
 
         proptest! {

@@ -230,6 +230,22 @@ impl Framer {
     }
 }
 
+/// `bytes` cut at the points `cuts` pick: any chunking of a stream, for the property tests of
+/// every kind.
+#[cfg(test)]
+fn chunked<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut from = 0;
+    for to in points {
+        chunks.push(&bytes[from..to]);
+        from = to;
+    }
+    chunks.push(&bytes[from..]);
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

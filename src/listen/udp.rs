@@ -414,15 +414,8 @@ impl Receiver {
     /// At the stop: lets the operator's input finish, then sends what is queued, within the
     /// drain limit.
     fn finish_sending(&mut self, began: Instant) {
-        while let Some(listening) = &self.shared.listening {
-            let pipe = listening.bell.current();
-            if listening.is_finished() || began.elapsed() >= DRAIN_LIMIT {
-                break;
-            }
-            let mut fds = [Fd::new(pipe.waker(), Flags::IN)];
-            if poll::wait(&mut fds, Duration::from_millis(50)).is_err() {
-                break;
-            }
+        if let Some(listening) = &self.shared.listening {
+            listening.wait_finished(began + DRAIN_LIMIT);
         }
         while began.elapsed() < DRAIN_LIMIT {
             self.send_queued();

@@ -648,6 +648,77 @@ pub fn wait_threads(pid: u32, what: &str, timeout: Duration, done: impl Fn(&[Str
     }
 }
 
+/// Whether the programs a test drives are on the PATH; without them the test is skipped with a
+/// note, but in CI (`CI` set) a missing one fails: `.ci/run` installs them.
+pub fn have(programs: &[&str]) -> bool {
+    for program in programs {
+        if !installed(program) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{program} is missing: .ci/run installs it"
+            );
+            eprintln!("skipped: {program} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs `program ARGS` with `input` on its stdin, to its end; panics if it fails.
+pub fn run_program(program: &str, args: &[&str], input: &[u8]) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input)
+        .unwrap_or_else(|err| panic!("cannot write to {program}: {err}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|err| panic!("cannot wait for {program}: {err}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory of its own for one test (socket files, certificates), removed with it.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("overhear-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| panic!("cannot make {}: {err}", dir.display()));
+        TempDir(dir)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+
+    /// `name` in the directory, as a string for a command line.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("UTF-8 path").to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Decodes standard base64 (JSON `data_b64`).
 pub fn decode_base64(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
