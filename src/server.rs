@@ -470,8 +470,10 @@ impl Server {
         drop(accept);
         drop(streams);
         workers.stop_all();
-        // The stop request already wrote the stop pipe: every worker is awake and draining.
-        let stopping = Instant::now();
+        // The stop request already wrote the stop pipe: every worker is awake and draining. The
+        // stop is timed from that request, not from here: with thousands of workers woken at
+        // once, this thread itself may get the CPU a few hundred milliseconds later.
+        let stopping = shutdown.requested_at().unwrap_or_else(Instant::now);
         let mut stopped = 0;
         for receiver in receivers {
             match receiver.join() {
