@@ -203,10 +203,14 @@ impl Workers {
 
     /// Joins one worker and adds its report to `summary`; returns whether the stop ended it.
     fn join_one(&mut self, handle: WorkerHandle, summary: &mut Summary) -> bool {
+        let id = handle.id();
+        let joined = handle.join(&mut self.stacks);
+        // Only once it has ended: until then a line typed before the stop may still be queued
+        // for it (its worker waits for the input to finish before it closes its outbox).
         if let Some(clients) = &self.clients {
-            clients.remove(handle.id());
+            clients.remove(id);
         }
-        match handle.join(&mut self.stacks) {
+        match joined {
             Ok(report) => self.add(&report, summary),
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");

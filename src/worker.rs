@@ -475,9 +475,12 @@ impl Worker {
     /// Polls the socket, the stop pipe and (when the operator's input is read) its bell for at
     /// most `timeout`. The socket is polled for room while a chunk waits to be sent, and not for
     /// bytes while too much echo waits.
-    fn wait(&self, timeout: Duration) -> io::Result<Wake> {
+    fn wait(&mut self, timeout: Duration) -> io::Result<Wake> {
         // Taken before the outbox is looked at, so a message queued after the look rings it.
         let bell = self.listening.as_ref().map(|l| l.bell.current());
+        if self.conn.has_buffered() && !self.shutdown.is_requested() {
+            return Ok(Wake::Readable);
+        }
         if self.sending.is_none() && self.outbox.is_ready() && !self.cannot_send {
             return Ok(Wake::Outgoing);
         }
@@ -813,7 +816,7 @@ impl Worker {
             Duration::ZERO
         };
         loop {
-            if self.owed == 0 {
+            if self.owed == 0 && !self.conn.has_buffered() {
                 self.ack_now();
                 let mut fds = [Fd::new(&self.conn, Flags::IN)];
                 match poll::wait(&mut fds, grace) {

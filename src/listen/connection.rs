@@ -59,6 +59,15 @@ impl Connection {
         }
     }
 
+    /// Whether a read would return something the socket's readiness does not show (a TLS
+    /// session's decrypted bytes, or its close): then read before polling.
+    pub fn has_buffered(&mut self) -> bool {
+        match self {
+            Connection::Tls(tls) => tls.has_buffered(),
+            Connection::Tcp(_) | Connection::Unix(_) => false,
+        }
+    }
+
     /// Whether bytes the connection took wait to be written to the socket (a TLS session's
     /// encrypted records): then poll for room and call [`Connection::flush_pending`].
     pub fn wants_write(&self) -> bool {

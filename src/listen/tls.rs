@@ -433,6 +433,17 @@ impl TlsStream {
         }
     }
 
+    /// Whether the session holds what a read would return without the socket: decrypted bytes
+    /// not read yet, or the client's close. `poll(2)` cannot see these: a worker that waited on
+    /// the socket would leave them there.
+    pub fn has_buffered(&mut self) -> bool {
+        match self.session.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            // The read reports it.
+            Err(_) => true,
+        }
+    }
+
     /// Whether encrypted bytes wait to be written to the socket.
     pub fn wants_write(&self) -> bool {
         self.session.wants_write()
