@@ -23,13 +23,24 @@
 //! kernel's drops, and overhear's summary beside them) and `unix` (the throughput run through
 //! overhear's Unix socket `-U` beside the same through TCP, in the same rounds: unix ÷ tcp).
 //!
+//! `tls`: the throughput run over TLS to overhear `--tls`, `socat -u OPENSSL-LISTEN` and
+//! `ncat --ssl`, all with one P-256 certificate and key the openssl CLI makes once per run, beside
+//! overhear over plain TCP in the same rounds (each server's MB/s ÷ that); then a churn of
+//! TLS connections (connect, a full handshake, one line, close_notify) against each: handshakes/s
+//! and failures. The clients are rustls (ring), trusting that certificate, with resumption off.
+//! `framing`: the throughput run to overhear with `--framing lines`, `syslog` (octet counting:
+//! `99 ` then 99 bytes) and `length:u32be` (a 4-byte big-endian length, then 99 bytes), in the
+//! same rounds: every message is a line's 99 bytes without its newline, so each prints as the
+//! same line whatever the framing and is checked line by line; MB/s counts the bytes on the
+//! wire, and overhear's summary (messages, bytes) is checked against what was sent.
+//!
 //! Run: `cargo bench --bench suite` (all scenarios), or name some:
-//! `cargo bench --bench suite -- throughput churn concurrent latency udp unix`. Options:
-//! `--peers overhear,copy,socat` limits the servers (and sets their order; the sinks are `copy`
-//! and `discard`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
-//! throughput volume per client (also in `unix`); `--rounds 3` how many throughput runs each
-//! figure is the median of (also in `unix`); `--dir DIR` where the servers' output and log files
-//! go (default: the temporary directory).
+//! `cargo bench --bench suite -- throughput churn concurrent latency udp unix tls framing`.
+//! Options: `--peers overhear,copy,socat` limits the servers (and sets their order; the sinks are
+//! `copy` and `discard`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
+//! throughput volume per client (also in `unix`, `tls` and `framing`); `--rounds 3` how many
+//! throughput runs each figure is the median of (also in `unix`, `tls` and `framing`); `--dir DIR`
+//! where the servers' output and log files go (default: the temporary directory).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -46,6 +57,8 @@ use std::time::{Duration, Instant};
 
 use overhear::threads::Stacks;
 use rustix::process::{Pid, Resource, Rlimit, Signal, getrlimit, kill_process, setrlimit};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use socket2::{SockAddr, Socket, Type};
 
 const LINE_LEN: usize = 100;
@@ -59,12 +72,19 @@ const UDP_SENDERS: usize = 8;
 const UDP_RUN: Duration = Duration::from_secs(5);
 /// Longest any one wait in a scenario may take before the scenario is declared failed.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
+/// TLS connections in the handshake churn (from `CHURN_THREADS` threads).
+const TLS_HANDSHAKES: usize = 2_000;
+/// Longest one TLS connection of the handshake churn may take in any one step (connect,
+/// handshake, send, close) before it counts as failed.
+const TLS_STEP_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Overhear,
     /// overhear with std's usual listen backlog, to show what the deep one buys.
     OverhearBacklog128,
+    /// overhear with `--framing`, its clients framing their messages so.
+    OverhearFraming(Framing),
     Ncat,
     Socat,
     Python,
@@ -88,6 +108,7 @@ impl Kind {
         match self {
             Kind::Overhear => "overhear",
             Kind::OverhearBacklog128 => "overhear --backlog 128",
+            Kind::OverhearFraming(framing) => framing.name(),
             Kind::Ncat => "ncat",
             Kind::Socat => "socat",
             Kind::Python => "python",
@@ -103,12 +124,17 @@ impl Kind {
             .find(|k| k.name() == name || k.name() == format!("{name} sink"))
     }
 
-    /// Whether it prints `[N] ` before each line (and so numbers its clients).
-    fn numbers_clients(self) -> bool {
+    /// Whether it is overhear (with any options): it numbers its clients and ends with a summary.
+    fn is_overhear(self) -> bool {
         matches!(
             self,
-            Kind::Overhear | Kind::OverhearBacklog128 | Kind::Python
+            Kind::Overhear | Kind::OverhearBacklog128 | Kind::OverhearFraming(_)
         )
+    }
+
+    /// Whether it prints `[N] ` before each line (and so numbers its clients).
+    fn numbers_clients(self) -> bool {
+        self.is_overhear() || self == Kind::Python
     }
 
     /// Whether it prints what it receives at all.
@@ -127,6 +153,19 @@ impl Kind {
         matches!(self, Kind::Overhear | Kind::Ncat | Kind::Socat)
     }
 
+    /// Whether it can speak TLS on a TCP listener (the tls scenario's servers).
+    fn speaks_tls(self) -> bool {
+        matches!(self, Kind::Overhear | Kind::Ncat | Kind::Socat)
+    }
+
+    /// How its clients frame their messages.
+    fn framing(self) -> Framing {
+        match self {
+            Kind::OverhearFraming(framing) => framing,
+            _ => Framing::Lines,
+        }
+    }
+
     /// How to start it listening on `listen` (`port` for TCP and UDP); `None` when its program is
     /// not installed or it cannot listen there.
     fn command(self, listen: &Listen, port: u16) -> Option<Command> {
@@ -138,14 +177,22 @@ impl Kind {
                 .is_ok_and(|s| s.success())
         };
         let mut cmd = match self {
-            Kind::Overhear | Kind::OverhearBacklog128 => {
+            Kind::Overhear | Kind::OverhearBacklog128 | Kind::OverhearFraming(_) => {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_overhear"));
                 if self == Kind::OverhearBacklog128 {
                     cmd.args(["--backlog", "128"]);
                 }
+                if let Kind::OverhearFraming(framing) = self {
+                    cmd.args(["--framing", framing.flag()]);
+                }
                 match listen {
                     Listen::Tcp => {
                         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                    }
+                    Listen::Tls(tls) => {
+                        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--tls"]);
+                        cmd.arg("--tls-cert").arg(&tls.cert);
+                        cmd.arg("--tls-key").arg(&tls.key);
                     }
                     Listen::Unix(path) => {
                         cmd.arg("-U").arg(path);
@@ -167,6 +214,35 @@ impl Kind {
             Kind::Socat if matches!(listen, Listen::Udp) && have("socat") => {
                 let mut cmd = Command::new("socat");
                 cmd.args(["-u", &format!("UDP-RECV:{port}"), "STDOUT"]);
+                cmd
+            }
+            Kind::Ncat if matches!(listen, Listen::Tls(_)) && have("ncat") => {
+                let Listen::Tls(tls) = listen else {
+                    unreachable!("matched as TLS")
+                };
+                let mut cmd = Command::new("ncat");
+                cmd.arg("--ssl");
+                cmd.arg("--ssl-cert").arg(&tls.cert);
+                cmd.arg("--ssl-key").arg(&tls.key);
+                cmd.args(["-l", "-k", "--max-conns", "20000", "127.0.0.1"]);
+                cmd.arg(port.to_string());
+                cmd
+            }
+            // `-u` as over TCP: both ways, socat would read its stdout, a file opened only for
+            // writing, fail (EBADF) and drop the connection.
+            Kind::Socat if matches!(listen, Listen::Tls(_)) && have("socat") => {
+                let Listen::Tls(tls) = listen else {
+                    unreachable!("matched as TLS")
+                };
+                let mut cmd = Command::new("socat");
+                cmd.args(["-u"]);
+                cmd.arg(format!(
+                    "OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog=4096,cert={},\
+                     key={},verify=0",
+                    tls.cert.display(),
+                    tls.key.display()
+                ));
+                cmd.arg("STDOUT");
                 cmd
             }
             _ if !matches!(listen, Listen::Tcp) => return None,
@@ -220,6 +296,68 @@ enum Listen {
     /// UDP on loopback: overhear takes a free port itself (`--port 0`) and logs it, the peers a
     /// port the suite found free.
     Udp,
+    /// TLS on a free loopback TCP port, with the suite's certificate and key.
+    Tls(Arc<Tls>),
+}
+
+/// The tls scenario's certificate and key, made once per run with the openssl CLI (every server
+/// gets the same files, so all sign with the same key type), and a rustls client configuration
+/// that trusts that certificate, with resumption off so every handshake is a full one.
+#[derive(Debug)]
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl Tls {
+    /// Makes a self-signed P-256 certificate for `localhost` and 127.0.0.1 in `dir`; says why not.
+    fn make(dir: &Path) -> Result<Tls, String> {
+        let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .args(["-days", "1", "-subj", "/CN=localhost"])
+            // A certificate that is not a CA's: webpki refuses a CA certificate as a server's.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match made {
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                return Err("openssl, which makes its certificate, is not installed".into());
+            }
+            Err(err) => return Err(format!("cannot run openssl: {err}")),
+            Ok(status) if !status.success() => {
+                return Err(format!("openssl could not make a certificate ({status})"));
+            }
+            Ok(_) => {}
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(&cert).map_err(|err| err.to_string())? {
+            roots
+                .add(der.map_err(|err| err.to_string())?)
+                .map_err(|err| err.to_string())?;
+        }
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        client.resumption = rustls::client::Resumption::disabled();
+        Ok(Tls {
+            cert,
+            key,
+            client: Arc::new(client),
+        })
+    }
 }
 
 /// A server under test, in its own process group; killed with the group when dropped.
@@ -243,7 +381,7 @@ impl Running {
     /// [`Running::start`], listening on `listen`.
     fn start_on(kind: Kind, listen: Listen, output: Option<&Path>, log: &Path) -> Option<Running> {
         let port = match (&listen, kind) {
-            (Listen::Tcp, _) => free_port(),
+            (Listen::Tcp | Listen::Tls(_), _) => free_port(),
             (Listen::Unix(_), _) | (Listen::Udp, Kind::Overhear) => 0,
             (Listen::Udp, _) => free_udp_port(),
         };
@@ -270,12 +408,20 @@ impl Running {
     /// Waits until the server accepts a connection. The probe connects and closes, so numbering
     /// servers give it number 1: the scenario's clients are 2, 3, …. A UDP server is ready once
     /// its socket is bound (no probe: its clients are 1, 2, …); overhear's port is read from its
-    /// `listening on udp://…` line.
+    /// `listening on udp://…` line. A TLS probe runs a handshake and closes with close_notify,
+    /// as the clients do, so no server logs a failed handshake for it.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let ready = match &self.listen {
                 Listen::Tcp => TcpStream::connect(self.addr).is_ok(),
+                Listen::Tls(_) => Client::connect(&self.listen, &self.addr.into(), TLS_STEP_LIMIT)
+                    .map(|mut probe| {
+                        let _ = probe
+                            .finish()
+                            .and_then(|()| probe.wait_close(TLS_STEP_LIMIT));
+                    })
+                    .is_ok(),
                 Listen::Unix(path) => UnixStream::connect(path).is_ok(),
                 Listen::Udp if self.addr.port() == 0 => {
                     if let Some(addr) = logged_udp_addr(&self.log) {
@@ -302,7 +448,7 @@ impl Running {
     fn endpoint(&self) -> SockAddr {
         match &self.listen {
             Listen::Unix(path) => SockAddr::unix(path).expect("a Unix socket path that fits"),
-            Listen::Tcp | Listen::Udp => self.addr.into(),
+            Listen::Tcp | Listen::Udp | Listen::Tls(_) => self.addr.into(),
         }
     }
 
@@ -442,6 +588,116 @@ fn connect_stream(endpoint: &SockAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// A load client's stream: plain (TCP or Unix), or TLS over TCP once its handshake is done.
+enum Client {
+    Plain(Socket),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, Socket>>),
+}
+
+impl Client {
+    /// Connects to `endpoint`; when `listen` is TLS, runs a full handshake with server name
+    /// `localhost`. Every read and write on the socket then waits at most `limit`.
+    fn connect(listen: &Listen, endpoint: &SockAddr, limit: Duration) -> std::io::Result<Client> {
+        let mut socket = connect_stream(endpoint)?;
+        socket.set_read_timeout(Some(limit))?;
+        socket.set_write_timeout(Some(limit))?;
+        let Listen::Tls(tls) = listen else {
+            return Ok(Client::Plain(socket));
+        };
+        let name = ServerName::try_from("localhost").expect("a valid server name");
+        let mut session = rustls::ClientConnection::new(Arc::clone(&tls.client), name)
+            .map_err(std::io::Error::other)?;
+        let start = Instant::now();
+        while session.is_handshaking() {
+            if start.elapsed() > limit {
+                return Err(ErrorKind::TimedOut.into());
+            }
+            session.complete_io(&mut socket)?;
+        }
+        Ok(Client::Tls(Box::new(rustls::StreamOwned::new(
+            session, socket,
+        ))))
+    }
+
+    fn socket(&self) -> &Socket {
+        match self {
+            Client::Plain(socket) => socket,
+            Client::Tls(tls) => &tls.sock,
+        }
+    }
+
+    /// What the handshake agreed (`None` for a plain client): version, cipher suite, group.
+    fn negotiated(&self) -> Option<String> {
+        let Client::Tls(tls) = self else { return None };
+        let name = |s: Option<String>| s.unwrap_or_else(|| String::from("?"));
+        Some(format!(
+            "{}, {}, {}",
+            name(tls.conn.protocol_version().map(|v| format!("{v:?}"))),
+            name(
+                tls.conn
+                    .negotiated_cipher_suite()
+                    .map(|s| format!("{:?}", s.suite()))
+            ),
+            name(
+                tls.conn
+                    .negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+            ),
+        ))
+    }
+
+    /// Ends what the client sends: for TLS a close_notify first, then a TCP half-close.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if let Client::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            tls.flush()?;
+        }
+        self.socket().shutdown(Shutdown::Write)
+    }
+
+    /// For TLS, reads what the server still sends (its session tickets, then its close_notify)
+    /// until it closes, for at most `limit`, so closing never resets what the client left
+    /// unread. `Ok` at a close_notify; an error at a close without one (`UnexpectedEof`), a
+    /// reset or the limit. A plain client has nothing to wait for: its socket is kept until
+    /// the output is complete.
+    fn wait_close(&mut self, limit: Duration) -> std::io::Result<()> {
+        let Client::Tls(tls) = self else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = limit
+                .checked_sub(start.elapsed())
+                .ok_or(ErrorKind::TimedOut)?;
+            tls.sock
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            match tls.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+impl Write for Client {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Client::Plain(socket) => socket.write(buf),
+            Client::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Client::Plain(socket) => socket.flush(),
+            Client::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 fn tree_pids(root: u32) -> Vec<u32> {
     let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -532,6 +788,84 @@ impl LineMaker {
         {
             *digit = b'0' + (n % 10) as u8;
             n /= 10;
+        }
+    }
+}
+
+/// How the framing scenario's clients frame their messages. Each message is the 99 bytes of a
+/// [`LineMaker`] line without its newline (with it, for lines), so overhear prints the same
+/// line whatever the framing, and [`verify_lines`] checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Lines ending in `\n` (overhear's default).
+    Lines,
+    /// RFC 6587 octet counting: `99 ` then the 99 bytes.
+    Syslog,
+    /// A 4-byte big-endian length (99), then the 99 bytes.
+    LengthU32Be,
+}
+
+impl Framing {
+    const ALL: [Framing; 3] = [Framing::Lines, Framing::Syslog, Framing::LengthU32Be];
+
+    /// What overhear's `--framing` is given.
+    fn flag(self) -> &'static str {
+        match self {
+            Framing::Lines => "lines",
+            Framing::Syslog => "syslog",
+            Framing::LengthU32Be => "length:u32be",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Framing::Lines => "overhear --framing lines",
+            Framing::Syslog => "overhear --framing syslog",
+            Framing::LengthU32Be => "overhear --framing length:u32be",
+        }
+    }
+
+    /// What goes on the wire before each message's body.
+    fn header(self) -> Vec<u8> {
+        let body = LINE_LEN - 1;
+        match self {
+            Framing::Lines => Vec::new(),
+            Framing::Syslog => format!("{body} ").into_bytes(),
+            Framing::LengthU32Be => (body as u32).to_be_bytes().to_vec(),
+        }
+    }
+
+    /// Bytes on the wire per message.
+    fn record_len(self) -> usize {
+        match self {
+            Framing::Lines => LINE_LEN,
+            Framing::Syslog | Framing::LengthU32Be => self.header().len() + LINE_LEN - 1,
+        }
+    }
+}
+
+/// Makes one client's messages in a framing: its [`LineMaker`] lines, each behind the framing's
+/// header and, unless the framing is lines, without its newline.
+struct FrameMaker {
+    lines: LineMaker,
+    header: Vec<u8>,
+    newline: bool,
+}
+
+impl FrameMaker {
+    fn new(framing: Framing, client: usize) -> FrameMaker {
+        FrameMaker {
+            lines: LineMaker::new(client),
+            header: framing.header(),
+            newline: framing == Framing::Lines,
+        }
+    }
+
+    fn append(&self, seq: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.header);
+        self.lines.append(seq, out);
+        if !self.newline {
+            out.pop();
         }
     }
 }
@@ -655,52 +989,71 @@ struct Throughput {
     written: u64,
     sent: u64,
     complete: bool,
+    /// overhear's summary after its stop (`None` for other servers, or when it logged none).
+    summary: Option<Summary>,
 }
 
-/// One run of `kind` listening on `listen` (TCP, or overhear on a Unix socket).
+/// One run of `kind` listening on `listen` (TCP, TLS, or overhear on a Unix socket), its
+/// clients framing their messages as `kind` reads them (lines but for overhear's `--framing`).
+/// MB/s counts the bytes the clients send. overhear gets a SIGTERM at the end, for its summary.
 fn throughput_run(kind: Kind, listen: &Listen, lines: usize, dir: &Path) -> Option<Throughput> {
     let scenario = match listen {
         Listen::Unix(_) => "throughput-unix",
+        Listen::Tls(_) => "throughput-tls",
         Listen::Tcp | Listen::Udp => "throughput",
     };
     let (path, log) = run_files(dir, scenario, kind);
-    let server = Running::start_on(kind, listen.clone(), Some(&path), &log)?;
-    let raw = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
+    let mut server = Running::start_on(kind, listen.clone(), Some(&path), &log)?;
+    let framing = kind.framing();
+    let raw = (THROUGHPUT_CLIENTS * lines * framing.record_len()) as u64;
+    // Every message prints as its line, whatever the framing.
+    let printed = (THROUGHPUT_CLIENTS * lines * LINE_LEN) as u64;
     let expected = if kind.numbers_clients() {
-        raw + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
+        printed + (2..THROUGHPUT_CLIENTS + 2).map(prefix_len).sum::<u64>() * lines as u64
     } else {
-        raw
+        printed
     };
     let start = Instant::now();
     let senders: Vec<_> = (0..THROUGHPUT_CLIENTS)
         .map(|c| {
             let endpoint = server.endpoint();
+            let listen = listen.clone();
             thread::spawn(move || {
-                let mut stream = connect_stream(&endpoint).expect("connect");
+                let mut stream =
+                    Client::connect(&listen, &endpoint, SCENARIO_LIMIT).expect("connect");
                 let mut block = Vec::with_capacity(1 << 20);
-                let maker = LineMaker::new(c);
+                let maker = FrameMaker::new(framing, c);
                 for seq in 0..lines {
                     maker.append(seq, &mut block);
-                    if block.len() >= (1 << 20) - LINE_LEN {
+                    if block.len() >= (1 << 20) - framing.record_len() {
                         stream.write_all(&block).expect("send");
                         block.clear();
                     }
                 }
                 stream.write_all(&block).expect("send");
-                let _ = stream.shutdown(Shutdown::Write);
+                let _ = stream.finish();
                 // Keep the socket until the server has read it all (EOF from the server would
                 // come only at its stop), so closing never resets unread data.
                 stream
             })
         })
         .collect();
-    let streams: Vec<Socket> = senders
+    let mut streams: Vec<Client> = senders
         .into_iter()
         .map(|h| h.join().expect("sender"))
         .collect();
     let complete = !kind.prints() || server.wait_output(expected, SCENARIO_LIMIT);
     let elapsed = start.elapsed().as_secs_f64();
+    for stream in &mut streams {
+        let _ = stream.wait_close(TLS_STEP_LIMIT);
+    }
     drop(streams);
+    let summary = if kind.is_overhear() {
+        server.terminate(Duration::from_secs(10));
+        summary_counts(&log)
+    } else {
+        None
+    };
     drop(server);
     if let Listen::Unix(socket) = listen {
         let _ = std::fs::remove_file(socket);
@@ -720,12 +1073,92 @@ fn throughput_run(kind: Kind, listen: &Listen, lines: usize, dir: &Path) -> Opti
         written,
         sent: raw,
         complete,
+        summary,
     })
 }
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One server on one listener among throughput runs compared in one table (unix, tls, framing).
+struct Compared {
+    label: String,
+    kind: Kind,
+    listen: Listen,
+    results: Vec<Throughput>,
+}
+
+impl Compared {
+    fn new(label: impl Into<String>, kind: Kind, listen: Listen) -> Compared {
+        Compared {
+            label: label.into(),
+            kind,
+            listen,
+            results: Vec::new(),
+        }
+    }
+
+    /// The median MB/s of the rounds.
+    fn mb_s(&self) -> f64 {
+        median(&mut self.results.iter().map(|r| r.mb_s).collect::<Vec<_>>())
+    }
+
+    /// MB/s and lines/s (medians of the rounds), then lost, duplicated, spliced and
+    /// misattributed lines (the worst round's; runs that timed out are said beside lost).
+    fn checked_cells(&self) -> Vec<String> {
+        let worst = |f: fn(&Verdict) -> u64| {
+            self.results
+                .iter()
+                .filter_map(|r| r.verdict.as_ref().map(f))
+                .max()
+                .map_or("n/a".to_string(), |n| n.to_string())
+        };
+        let incomplete = self.results.iter().filter(|r| !r.complete).count();
+        vec![
+            format!("{:.0}", self.mb_s()),
+            format!(
+                "{:.0}",
+                median(&mut self.results.iter().map(|r| r.lines_s).collect::<Vec<_>>())
+            ),
+            if incomplete > 0 {
+                format!("{} ({incomplete} runs timed out)", worst(|v| v.lost))
+            } else {
+                worst(|v| v.lost)
+            },
+            worst(|v| v.duplicated),
+            worst(|v| v.spliced),
+            if self.kind.numbers_clients() {
+                worst(|v| v.misattributed)
+            } else {
+                "n/a".into()
+            },
+        ]
+    }
+
+    /// Each round's MB/s.
+    fn rounds_cell(&self) -> String {
+        self.results
+            .iter()
+            .map(|r| format!("{:.0}", r.mb_s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Measures each of `runs` once a round, one after the other, after an unmeasured warm-up run
+/// of the first (the page cache, as in the throughput scenario).
+fn measure_rounds(runs: &mut [Compared], lines: usize, rounds: usize, dir: &Path) {
+    if let Some(first) = runs.first() {
+        let _ = throughput_run(first.kind, &first.listen, lines / 4, dir);
+    }
+    for _ in 0..rounds {
+        for run in runs.iter_mut() {
+            run.results
+                .extend(throughput_run(run.kind, &run.listen, lines, dir));
+        }
+    }
 }
 
 fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
@@ -879,59 +1312,336 @@ fn unix(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
         ],
     );
     let socket = dir.join("overhear.sock");
-    let mut runs: Vec<(String, Listen, Vec<Throughput>)> = vec![
-        ("tcp 127.0.0.1".into(), Listen::Tcp, Vec::new()),
-        (
+    let mut runs = [
+        Compared::new("tcp 127.0.0.1", Kind::Overhear, Listen::Tcp),
+        Compared::new(
             format!("unix {}", socket.display()),
+            Kind::Overhear,
             Listen::Unix(socket),
-            Vec::new(),
         ),
     ];
-    // Warm the page cache up, unmeasured, as the throughput scenario does.
-    let _ = throughput_run(Kind::Overhear, &Listen::Tcp, lines / 4, dir);
-    for _ in 0..rounds {
-        for (_, listen, results) in &mut runs {
-            results.extend(throughput_run(Kind::Overhear, listen, lines, dir));
+    measure_rounds(&mut runs, lines, rounds, dir);
+    let tcp = runs[0].mb_s();
+    let over_unix = runs[1].mb_s();
+    for run in &runs {
+        let mut row = vec![run.label.clone()];
+        row.extend(run.checked_cells());
+        row.push(match run.listen {
+            Listen::Unix(_) => ratio(over_unix, tcp),
+            Listen::Tcp | Listen::Udp | Listen::Tls(_) => String::from("—"),
+        });
+        row.push(run.rounds_cell());
+        table.rows.push(row);
+    }
+    table.print();
+}
+
+// ---------------------------------------------------------------- tls
+
+/// How the tls tables name a server listening for TLS.
+fn tls_name(kind: Kind) -> String {
+    match kind {
+        Kind::Overhear => "overhear --tls".into(),
+        Kind::Socat => "socat -u OPENSSL-LISTEN".into(),
+        Kind::Ncat => "ncat --ssl".into(),
+        other => other.name().into(),
+    }
+}
+
+/// TLS: the throughput run over TLS to each server of `kinds` that speaks it, beside overhear
+/// over plain TCP in the same rounds (the reference), then the handshake churn.
+fn tls(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
+    let tls = match Tls::make(dir) {
+        Ok(tls) => Arc::new(tls),
+        Err(why) => {
+            println!("\ntls: not run ({why}).");
+            return;
+        }
+    };
+    let lines = mib * 1024 * 1024 / LINE_LEN;
+    let mut table = Table::new(
+        &format!(
+            "tls: {THROUGHPUT_CLIENTS} clients × {mib} MiB of {LINE_LEN}-byte lines over TLS \
+             (rustls clients, one P-256 certificate for all), stdout to a file (median of \
+             {rounds} rounds)"
+        ),
+        &[
+            "server",
+            "MB/s",
+            "lines/s",
+            "lost",
+            "duplicated",
+            "spliced",
+            "misattributed",
+            "÷ overhear over plain TCP",
+            "overhear --tls vs this",
+            "each round MB/s",
+        ],
+    );
+    let mut runs = vec![Compared::new(
+        "overhear, plain TCP (reference)",
+        Kind::Overhear,
+        Listen::Tcp,
+    )];
+    runs.extend(
+        kinds
+            .iter()
+            .filter(|k| k.speaks_tls())
+            .map(|&kind| Compared::new(tls_name(kind), kind, Listen::Tls(Arc::clone(&tls)))),
+    );
+    measure_rounds(&mut runs, lines, rounds, dir);
+    let plain = runs[0].mb_s();
+    let ours = runs
+        .iter()
+        .find(|r| r.kind == Kind::Overhear && matches!(r.listen, Listen::Tls(_)))
+        .map_or(0.0, Compared::mb_s);
+    for run in &runs {
+        let mut row = vec![run.label.clone()];
+        if run.results.is_empty() {
+            row.push("not installed".into());
+            table.rows.push(row);
+            continue;
+        }
+        row.extend(run.checked_cells());
+        if matches!(run.listen, Listen::Tls(_)) {
+            row.push(ratio(run.mb_s(), plain));
+            row.push(ratio(ours, run.mb_s()));
+        } else {
+            row.extend(["—".into(), "—".into()]);
+        }
+        row.push(run.rounds_cell());
+        table.rows.push(row);
+    }
+    table.print();
+    tls_handshakes(kinds, &tls, dir);
+}
+
+/// How one thread's TLS connections of the handshake churn went.
+#[derive(Default)]
+struct Handshakes {
+    /// Connections that failed before their close_notify was sent (connect, handshake, send).
+    failed: usize,
+    /// Connections the server closed without a close_notify of its own.
+    no_close_notify: usize,
+    /// Connections the server reset, or did not close within [`TLS_STEP_LIMIT`].
+    not_closed: usize,
+    /// What the first handshake agreed.
+    negotiated: Option<String>,
+}
+
+/// A churn of TLS connections from `CHURN_THREADS` threads against each server of `kinds` that
+/// speaks TLS: each connects, runs a full handshake (the clients resume no session), sends one
+/// line, sends close_notify and reads until the server closes. The rate counts the connections
+/// that sent their line and close_notify, over the time until the last connection ended.
+fn tls_handshakes(kinds: &[Kind], tls: &Arc<Tls>, dir: &Path) {
+    let mut table = Table::new(
+        &format!(
+            "tls handshakes: {TLS_HANDSHAKES} TLS connections from {CHURN_THREADS} threads, \
+             each connect, full handshake, one line, close_notify, wait for the server's close"
+        ),
+        &[
+            "server",
+            "handshakes/s",
+            "failures",
+            "lines printed",
+            "server's close",
+            "server CPU per connection",
+            "overhear vs this",
+            "negotiated",
+        ],
+    );
+    let listen = Listen::Tls(Arc::clone(tls));
+    let per_thread = TLS_HANDSHAKES / CHURN_THREADS;
+    let total = per_thread * CHURN_THREADS;
+    let mut rates: Vec<(Kind, f64)> = Vec::new();
+    for &kind in kinds.iter().filter(|k| k.speaks_tls()) {
+        let (path, log) = run_files(dir, "tls-handshakes", kind);
+        let Some(server) = Running::start_on(kind, listen.clone(), Some(&path), &log) else {
+            table
+                .rows
+                .push(vec![tls_name(kind), "not installed".into()]);
+            continue;
+        };
+        let raw = (total * LINE_LEN) as u64;
+        let expected = if kind.numbers_clients() {
+            raw + (2..total + 2).map(prefix_len).sum::<u64>()
+        } else {
+            raw
+        };
+        let cpu_before = server.cpu_seconds();
+        let start = Instant::now();
+        let workers: Vec<_> = (0..CHURN_THREADS)
+            .map(|t| {
+                let endpoint = server.endpoint();
+                let listen = listen.clone();
+                thread::spawn(move || {
+                    let mut buf = Vec::with_capacity(LINE_LEN);
+                    let mut went = Handshakes::default();
+                    for i in 0..per_thread {
+                        buf.clear();
+                        line(t, i, &mut buf);
+                        let sent = Client::connect(&listen, &endpoint, TLS_STEP_LIMIT).and_then(
+                            |mut client| {
+                                client.write_all(&buf)?;
+                                client.finish()?;
+                                Ok(client)
+                            },
+                        );
+                        let mut client = match sent {
+                            Ok(client) => client,
+                            Err(_) => {
+                                went.failed += 1;
+                                continue;
+                            }
+                        };
+                        if went.negotiated.is_none() {
+                            went.negotiated = client.negotiated();
+                        }
+                        match client.wait_close(TLS_STEP_LIMIT) {
+                            Ok(()) => {}
+                            Err(err) if err.kind() == ErrorKind::UnexpectedEof => {
+                                went.no_close_notify += 1;
+                            }
+                            Err(_) => went.not_closed += 1,
+                        }
+                    }
+                    went
+                })
+            })
+            .collect();
+        let mut went = Handshakes::default();
+        for worker in workers {
+            let one = worker.join().expect("handshake thread");
+            went.failed += one.failed;
+            went.no_close_notify += one.no_close_notify;
+            went.not_closed += one.not_closed;
+            went.negotiated = went.negotiated.or(one.negotiated);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = (total - went.failed) as f64 / elapsed;
+        let complete = server.wait_output(expected, Duration::from_secs(60));
+        // Let socat reap its last children, so their time counts too.
+        thread::sleep(Duration::from_millis(500));
+        let cpu = (server.cpu_seconds() - cpu_before) / total as f64;
+        drop(server);
+        let v = verify_lines(&path, kind, CHURN_THREADS, per_thread);
+        let closed = total - went.failed;
+        let close = if went.no_close_notify + went.not_closed == 0 {
+            format!("close_notify: all {closed}")
+        } else {
+            format!(
+                "close_notify: {} of {closed}; without: {}; reset or none in {} s: {}",
+                closed - went.no_close_notify - went.not_closed,
+                went.no_close_notify,
+                TLS_STEP_LIMIT.as_secs(),
+                went.not_closed
+            )
+        };
+        rates.push((kind, rate));
+        table.rows.push(vec![
+            tls_name(kind),
+            format!("{rate:.0}"),
+            went.failed.to_string(),
+            format!(
+                "{}/{total}{}",
+                total as u64 - v.lost,
+                if complete { "" } else { " (timed out)" }
+            ),
+            close,
+            format!("{:.0} µs", cpu * 1e6),
+            String::new(),
+            went.negotiated.unwrap_or_else(|| "—".into()),
+        ]);
+        let _ = std::fs::remove_file(&path);
+    }
+    let ours = rates
+        .iter()
+        .find(|(k, _)| *k == Kind::Overhear)
+        .map_or(0.0, |r| r.1);
+    for row in &mut table.rows {
+        let theirs = rates
+            .iter()
+            .find(|(k, _)| tls_name(*k) == row[0])
+            .map_or(0.0, |r| r.1);
+        if row.len() > 6 {
+            row[6] = ratio(ours, theirs);
         }
     }
-    let mb_s =
-        |results: &[Throughput]| median(&mut results.iter().map(|r| r.mb_s).collect::<Vec<_>>());
-    let tcp = mb_s(&runs[0].2);
-    let over_unix = mb_s(&runs[1].2);
-    for (label, listen, results) in &runs {
-        let worst = |f: fn(&Verdict) -> u64| {
-            results
-                .iter()
-                .filter_map(|r| r.verdict.as_ref().map(f))
-                .max()
-                .map_or("n/a".to_string(), |n| n.to_string())
-        };
-        let incomplete = results.iter().filter(|r| !r.complete).count();
-        table.rows.push(vec![
-            label.clone(),
-            format!("{:.0}", mb_s(results)),
-            format!(
-                "{:.0}",
-                median(&mut results.iter().map(|r| r.lines_s).collect::<Vec<_>>())
-            ),
-            if incomplete > 0 {
-                format!("{} ({incomplete} runs timed out)", worst(|v| v.lost))
-            } else {
-                worst(|v| v.lost)
-            },
-            worst(|v| v.duplicated),
-            worst(|v| v.spliced),
-            worst(|v| v.misattributed),
-            match listen {
-                Listen::Unix(_) => ratio(over_unix, tcp),
-                Listen::Tcp | Listen::Udp => String::from("—"),
-            },
-            results
-                .iter()
-                .map(|r| format!("{:.0}", r.mb_s))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ]);
+    table.print();
+}
+
+// ---------------------------------------------------------------- framing
+
+/// What overhear's summaries counted, against what was sent: once when every round's counts
+/// are the sent ones, else each round's.
+fn summary_cell(results: &[Throughput], messages: u64, bytes: u64) -> String {
+    let counts: Vec<Option<(u64, u64)>> = results
+        .iter()
+        .map(|r| r.summary.as_ref().map(|s| (s.messages, s.bytes)))
+        .collect();
+    if !counts.is_empty() && counts.iter().all(|c| *c == Some((messages, bytes))) {
+        format!("{messages} messages, {bytes} bytes: as sent")
+    } else {
+        counts
+            .iter()
+            .map(|c| {
+                c.map_or("no summary".into(), |(m, b)| {
+                    format!("{m}/{messages} messages, {b}/{bytes} bytes")
+                })
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// overhear's throughput with each framing, in the same rounds: the same messages (a line's 99
+/// bytes) as lines, as octet-counted syslog records and behind u32be length prefixes.
+fn framing(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
+    if !kinds.contains(&Kind::Overhear) {
+        println!("\nframing: not run (overhear is not among --peers).");
+        return;
+    }
+    let lines = mib * 1024 * 1024 / LINE_LEN;
+    let messages = (THROUGHPUT_CLIENTS * lines) as u64;
+    let mut table = Table::new(
+        &format!(
+            "framing: overhear, {THROUGHPUT_CLIENTS} clients × {lines} messages ({mib} MiB as \
+             {LINE_LEN}-byte lines) framed by each --framing, stdout to a file (median of \
+             {rounds} rounds)"
+        ),
+        &[
+            "--framing",
+            "bytes per message on the wire",
+            "MB/s on the wire",
+            "messages/s",
+            "lost",
+            "duplicated",
+            "spliced",
+            "misattributed",
+            "overhear's summary",
+            "÷ lines",
+            "each round MB/s",
+        ],
+    );
+    let mut runs: Vec<Compared> = Framing::ALL
+        .iter()
+        .map(|&f| Compared::new(f.flag(), Kind::OverhearFraming(f), Listen::Tcp))
+        .collect();
+    measure_rounds(&mut runs, lines, rounds, dir);
+    let by_lines = runs[0].mb_s();
+    for run in &runs {
+        let framing = run.kind.framing();
+        let wire = messages * framing.record_len() as u64;
+        let mut row = vec![run.label.clone(), framing.record_len().to_string()];
+        row.extend(run.checked_cells());
+        row.push(summary_cell(&run.results, messages, wire));
+        row.push(if framing == Framing::Lines {
+            String::from("—")
+        } else {
+            ratio(run.mb_s(), by_lines)
+        });
+        row.push(run.rounds_cell());
+        table.rows.push(row);
     }
     table.print();
 }
@@ -1437,13 +2147,28 @@ fn udp_sender(client: usize, to: SocketAddr, run: Duration) -> (usize, u64) {
     (sent, failed)
 }
 
-/// The messages and the kernel's datagram drops in overhear's summary line (`served N clients:
-/// M messages, …; the kernel dropped D datagrams …`); the drops are `None` when not given.
-fn summary_counts(log: &Path) -> Option<(u64, Option<u64>)> {
+/// What overhear's summary line counts.
+struct Summary {
+    messages: u64,
+    bytes: u64,
+    /// The kernel's datagram drops; `None` when not given (no UDP).
+    dropped: Option<u64>,
+}
+
+/// The counts in overhear's summary line (`served N clients: M messages, B bytes; …; the kernel
+/// dropped D datagrams …`).
+fn summary_counts(log: &Path) -> Option<Summary> {
     let text = std::fs::read_to_string(log).ok()?;
     let summary = text.lines().rev().find(|l| l.contains(" served "))?;
     let (_, counts) = summary.split_once(" served ")?.1.split_once(": ")?;
     let messages = counts.split_whitespace().next()?.parse().ok()?;
+    let bytes = counts
+        .split_once(", ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     let dropped = if summary.contains("the kernel dropped no datagram") {
         Some(0)
     } else {
@@ -1451,7 +2176,11 @@ fn summary_counts(log: &Path) -> Option<(u64, Option<u64>)> {
             .split_once("the kernel dropped ")
             .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
     };
-    Some((messages, dropped))
+    Some(Summary {
+        messages,
+        bytes,
+        dropped,
+    })
 }
 
 /// UDP: each server receives what `UDP_SENDERS` senders send as fast as they can for `UDP_RUN`,
@@ -1515,12 +2244,15 @@ fn udp(kinds: &[Kind], dir: &Path) {
         let mut dropped = drops.map_or("unknown".to_string(), |d| d.to_string());
         if kind == Kind::Overhear {
             match summary_counts(&log) {
-                Some((messages, own)) => {
-                    let own = own.map_or("none".to_string(), |d| d.to_string());
+                Some(summary) => {
+                    let own = summary
+                        .dropped
+                        .map_or("none".to_string(), |d| d.to_string());
                     dropped = format!("{dropped} (its summary: {own})");
                     notes.push(format!(
-                        "overhear's summary: {messages} messages (its output: {received} lines) \
-                         and {own} kernel drops, against {sent} datagrams sent."
+                        "overhear's summary: {} messages (its output: {received} lines) \
+                         and {own} kernel drops, against {sent} datagrams sent.",
+                        summary.messages
                     ));
                 }
                 None => notes.push(format!(
@@ -1704,6 +2436,8 @@ fn main() {
         "latency",
         "udp",
         "unix",
+        "tls",
+        "framing",
     ];
     let mut chosen: Vec<&str> = args
         .iter()
@@ -1754,6 +2488,8 @@ fn main() {
             "latency" => latency(&kinds, &dir),
             "udp" => udp(&kinds, &dir),
             "unix" => unix(&kinds, mib, rounds, &dir),
+            "tls" => tls(&kinds, mib, rounds, &dir),
+            "framing" => framing(&kinds, mib, rounds, &dir),
             _ => unreachable!("filtered to known scenarios"),
         }
     }
