@@ -40,6 +40,17 @@ impl Body {
     /// Adds the next bytes of the message; `last` when they end it (then it is handed out, even
     /// empty).
     pub fn add(&mut self, mut data: &[u8], last: bool, emit: &mut impl FnMut(Piece<'_>)) {
+        // The common case, a whole message in one read: handed out where it lies, uncopied.
+        if last && self.pending.is_empty() && data.len() <= self.max_line {
+            emit(Piece {
+                bytes: data,
+                continued: self.continued,
+                end: LineEnd::None,
+                cut: false,
+            });
+            self.continued = false;
+            return;
+        }
         loop {
             let room = self.max_line - self.pending.len();
             if data.len() <= room {
@@ -98,6 +109,24 @@ impl Body {
     }
 }
 
+/// A count at the start of `data` and the space after it, all there: (count, bytes they take).
+fn whole_count(data: &[u8]) -> Option<(u64, usize)> {
+    let digits = data
+        .iter()
+        .take(COUNT_DIGITS + 1)
+        .position(|b| !b.is_ascii_digit())?;
+    let complete = (1..=COUNT_DIGITS).contains(&digits) && data[0] != b'0' && data[digits] == b' ';
+    complete.then(|| (parse_count(&data[..digits]), digits + 1))
+}
+
+/// The value of a count's digits (at most [`COUNT_DIGITS`], the first not 0): never 0.
+fn parse_count(digits: &[u8]) -> u64 {
+    digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
+        .max(1)
+}
+
 /// RFC 6587 syslog over a stream: a record that starts with a count and a space (`93 <13>1 …`) is
 /// octet-counted, exactly that many bytes whatever they hold, newlines included; any other
 /// record is a line (non-transparent framing). Both are seen on one port.
@@ -134,32 +163,15 @@ impl Syslog {
     pub fn push(&mut self, mut data: &[u8], emit: &mut impl FnMut(Piece<'_>)) {
         while !data.is_empty() {
             match self.state {
-                State::Start => {
-                    let byte = data[0];
-                    if byte.is_ascii_digit() && self.head.len() < COUNT_DIGITS {
-                        // A count starts with a digit from 1 to 9 (MSG-LEN = NONZERO-DIGIT
-                        // *DIGIT).
-                        if !(self.head.is_empty() && byte == b'0') {
-                            self.head.push(byte);
-                            data = &data[1..];
-                            continue;
-                        }
-                    } else if byte == b' ' && !self.head.is_empty() {
-                        let count = std::str::from_utf8(&self.head)
-                            .ok()
-                            .and_then(|digits| digits.parse().ok())
-                            .unwrap_or(0);
-                        self.head.clear();
-                        data = &data[1..];
-                        // Never 0: a count starts with a digit from 1 to 9.
-                        self.state = State::Counted(count.max(1));
-                        continue;
+                // The common case: a whole count and its space at hand, read in one pass.
+                State::Start if self.head.is_empty() => match whole_count(data) {
+                    Some((count, len)) => {
+                        self.state = State::Counted(count);
+                        data = &data[len..];
                     }
-                    // Not a count: the record is a line, starting with what was read so far.
-                    self.state = State::Line;
-                    let head = std::mem::take(&mut self.head);
-                    self.line_push(&head, emit);
-                }
+                    None => data = self.start_byte(data, emit),
+                },
+                State::Start => data = self.start_byte(data, emit),
                 State::Counted(left) => {
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
                     let last = take as u64 == left;
@@ -177,6 +189,29 @@ impl Syslog {
                 }
             }
         }
+    }
+
+    /// At the start of a record, takes its next byte (one more digit of what may be a count, or
+    /// the space that ends a count), or finds that the record is a line; returns what is left.
+    fn start_byte<'a>(&mut self, data: &'a [u8], emit: &mut impl FnMut(Piece<'_>)) -> &'a [u8] {
+        let byte = data[0];
+        // A count starts with a digit from 1 to 9 (MSG-LEN = NONZERO-DIGIT *DIGIT).
+        let first_zero = self.head.is_empty() && byte == b'0';
+        if byte.is_ascii_digit() && self.head.len() < COUNT_DIGITS && !first_zero {
+            self.head.push(byte);
+            return &data[1..];
+        }
+        if byte == b' ' && !self.head.is_empty() {
+            let count = parse_count(&self.head);
+            self.head.clear();
+            self.state = State::Counted(count);
+            return &data[1..];
+        }
+        // Not a count: the record is a line, starting with what was read so far.
+        self.state = State::Line;
+        let head = std::mem::take(&mut self.head);
+        self.line_push(&head, emit);
+        data
     }
 
     /// Feeds line bytes up to and including the first `\n`; returns how many it took. At the
