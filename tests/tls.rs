@@ -516,3 +516,56 @@ fn tls_client(port: u16, cert: &Path) -> rustls::StreamOwned<rustls::ClientConne
     sock.set_write_timeout(Some(TIMEOUT)).expect("timeout");
     rustls::StreamOwned::new(conn, sock)
 }
+
+/// `--listen tls://…` beside a plain listener: one numbering, the connect line names the TLS
+/// listener, and a client that checks certificates (curl `--cacert`) trusts the one made at
+/// start once `--tls-cert-out` wrote it.
+#[test]
+fn tls_among_several_listeners_trusted_through_the_written_certificate() {
+    if !have(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-listen");
+    let cert = dir.path("made.pem");
+    let mut server = Spawned::start(&[
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert-out",
+        &cert,
+    ]);
+    let endpoints = server.endpoints();
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    let status = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            "--cacert",
+            &cert,
+            &format!("https://{}/checked", endpoints[0]),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run curl");
+    // curl gives up waiting for an HTTP answer (28, a timeout) but only after a verified
+    // handshake: a certificate it could not check would be 60.
+    assert_ne!(
+        status.code(),
+        Some(60),
+        "curl could not verify the certificate"
+    );
+    let line = server.wait_stderr("client 1 connected from", TIMEOUT);
+    assert!(
+        line.ends_with(&format!("on tls://{}", endpoints[0])),
+        "{line}"
+    );
+    server.wait_stdout("[1] GET /checked HTTP/1.1", TIMEOUT);
+    let addr: std::net::SocketAddr = endpoints[1].parse().expect("a bare TCP address");
+    let mut plain = crate::common::connect(addr);
+    plain.write_all(b"plain beside\n").expect("send");
+    server.wait_stdout("[2] plain beside", TIMEOUT);
+    server.stop(Signal::TERM).assert_success();
+}
