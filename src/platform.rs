@@ -1,7 +1,9 @@
 //! What differs between the systems overhear builds for, and the operating-system controls that
 //! std lacks, in one place: how the stop pipe is made, the quick ACK a drain sends, which file
-//! systems keep concurrent writes whole, how far the open-file limit can be raised, and the
-//! file-size signal. `poll(2)`, `SO_REUSEADDR` and the backlog are the same on every Unix; the
+//! systems keep concurrent writes whole, how far the open-file limit can be raised, the
+//! file-size signal, reading the terminal from the foreground only (SIGTTIN), who is at the
+//! other end of a Unix socket, how long its path may be and whether it can be abstract, and the
+//! kernel's count of dropped datagrams. `poll(2)`, `SO_REUSEADDR` and the backlog are the same on every Unix; the
 //! worker threads' own difference lives in `threads`.
 
 use std::fs::File;
@@ -162,16 +164,39 @@ pub fn ignore_background_read_signal() {
 pub fn peer_credentials(stream: &std::os::unix::net::UnixStream) -> Option<Credentials> {
     #[cfg(target_os = "linux")]
     {
-        let cred = rustix::net::sockopt::socket_peercred(stream).ok()?;
-        let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).ok();
+        use std::os::fd::AsRawFd;
+        // Through libc rather than rustix: rustix keeps the pid as a non-zero type, and the
+        // kernel reports 0 for a peer in a pid namespace this process cannot see.
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        #[allow(unsafe_code)]
+        // SAFETY: SO_PEERCRED writes at most `len` bytes, the size of the `ucred` it is given a
+        // pointer to (a live local), and updates `len`; the descriptor stays open for the call.
+        let status = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        if status != 0 {
+            return None;
+        }
+        let pid = u32::try_from(cred.pid).ok().filter(|&pid| pid > 0);
         let command = pid
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
             .map(|comm| comm.trim_end().to_owned())
             .filter(|comm| !comm.is_empty());
         Some(Credentials {
             pid,
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
+            uid: cred.uid,
+            gid: cred.gid,
             command,
         })
     }
@@ -191,6 +216,16 @@ pub fn peer_credentials(stream: &std::os::unix::net::UnixStream) -> Option<Crede
         })
     }
 }
+
+/// Longest path of a Unix socket: `sun_path` holds 108 bytes on Linux (104 on macOS and the
+/// BSDs), the last of them the terminating NUL.
+#[cfg(target_os = "linux")]
+pub const UNIX_PATH_MAX: usize = 107;
+#[cfg(not(target_os = "linux"))]
+pub const UNIX_PATH_MAX: usize = 103;
+
+/// Whether Unix sockets can have names in an abstract namespace (`@name`): Linux only.
+pub const ABSTRACT_SOCKETS: bool = cfg!(target_os = "linux");
 
 /// How many datagrams the kernel dropped for `socket` because its receive buffer was full:
 /// the `drops` column of `/proc/net/udp` (or `udp6`) for the socket's inode, on Linux. `None`

@@ -214,6 +214,7 @@ impl Workers {
             Ok(report) => self.add(&report, summary),
             Err(id) => {
                 error!("the worker of {id} panicked; its messages may be incomplete");
+                summary.clients += 1;
                 summary.panicked += 1;
                 false
             }
@@ -312,11 +313,11 @@ impl Server {
         self.log_route = Some(route);
     }
 
-    /// The address of the first TCP listener (with the real port when the config asked for
-    /// port 0), if there is one.
+    /// The address of the first TCP (or TLS) listener (with the real port when the config
+    /// asked for port 0), if there is one.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.endpoints.iter().find_map(|spec| match spec {
-            Spec::Tcp(addr) => Some(*addr),
+            Spec::Tcp(addr) | Spec::Tls(addr) => Some(*addr),
             _ => None,
         })
     }
@@ -496,7 +497,6 @@ impl Server {
         }
         take_silent(&silent, &mut summary);
         stopped += workers.join_all(&mut summary);
-        summary.clients = numbers.load(Ordering::Relaxed) - 1;
         if input.is_some_and(|input| input.join().is_err()) {
             error!("the input thread panicked (a bug: please report it)");
         }
@@ -733,7 +733,9 @@ impl Acceptor<'_> {
         peer: Peer,
         workers: &mut Workers,
     ) -> Result<(), Refusal> {
-        let id = ClientId::new(self.numbers.load(Ordering::Relaxed));
+        // Taken now, not after the spawn: a UDP receiver numbers its sources from the same
+        // count at any moment. A spawn that fails leaves a gap in the numbers.
+        let id = ClientId::new(self.numbers.fetch_add(1, Ordering::Relaxed));
         let worker = Worker::new(
             id,
             peer,
@@ -744,7 +746,6 @@ impl Acceptor<'_> {
             Arc::default(),
         );
         workers.start(worker).map_err(Refusal::NoThread)?;
-        self.numbers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

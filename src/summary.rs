@@ -77,8 +77,9 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Adds a finished client's counts.
+    /// Adds a finished client's counts (and the client to the count of clients).
     pub fn add(&mut self, report: &ClientReport) {
+        self.clients += 1;
         self.messages += report.totals.messages;
         self.bytes += report.totals.bytes;
         self.sent += report.totals.sent;
@@ -235,7 +236,6 @@ mod tests {
     fn keeps_only_the_busiest_rows() {
         let mut summary = Summary::default();
         for n in 1..=(ROWS_KEPT as u64 + 500) {
-            summary.clients += 1;
             summary.add(&report(n, n % 700));
         }
         let rows = summary.rows();
@@ -251,7 +251,6 @@ mod tests {
     fn table_lists_rows_then_totals() {
         let mut summary = Summary::default();
         for n in 1..=3 {
-            summary.clients += 1;
             summary.add(&report(n, 10 * n));
         }
         let table = summary.table();
@@ -269,16 +268,12 @@ mod tests {
     fn table_is_short_for_thousands_of_clients() {
         let mut summary = Summary::default();
         for n in 1..=5000 {
-            summary.clients += 1;
             summary.add(&report(n, n));
         }
         let table = summary.table();
         assert_eq!(table.lines().count(), ROWS_SHOWN + 3, "{table}");
         assert!(table.contains("… 4980 more clients not shown"), "{table}");
-        let mut one = Summary {
-            clients: 1,
-            ..Summary::default()
-        };
+        let mut one = Summary::default();
         one.add(&report(1, 7));
         assert!(one.table().contains("total  1 client "), "{}", one.table());
         assert!(
@@ -289,10 +284,7 @@ mod tests {
 
     #[test]
     fn json_summary_parses() {
-        let mut summary = Summary {
-            clients: 1,
-            ..Summary::default()
-        };
+        let mut summary = Summary::default();
         summary.add(&report(1, 42));
         let mut out = Vec::new();
         summary.json(&mut out);

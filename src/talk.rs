@@ -32,7 +32,8 @@ use crate::worker::ClientId;
 /// Bytes read from the input at a time.
 const READ_SIZE: usize = 64 * 1024;
 
-/// Longest typed line: as much as one client's queue holds. A longer one is dropped whole.
+/// Longest unfinished typed line kept while its line end has not come: as much as one client's
+/// queue holds. A longer one is dropped whole, as is a finished message over that size.
 const MAX_TYPED: usize = CLIENT_QUEUE;
 
 /// How long the reader waits before trying again when the input cannot be read for now (a
@@ -111,7 +112,8 @@ pub fn parse_line(line: &[u8]) -> Option<Typed<'_>> {
 }
 
 /// The outboxes of the connected clients, by number: the listener adds a client's as it starts
-/// its worker and removes it when it reaps the worker; the input reads it to address messages.
+/// its worker and removes it once it has joined the worker, and a UDP receiver does the same
+/// for its sources; the input reads it to address messages.
 #[derive(Debug, Clone, Default)]
 pub struct Clients(Arc<Mutex<BTreeMap<u64, Arc<Outbox>>>>);
 
@@ -366,30 +368,55 @@ impl Talk {
             }
         };
         bytes.extend_from_slice(if self.settings.crlf { b"\r\n" } else { b"\n" });
-        let clients = self.clients.lock();
-        let outboxes: Vec<(u64, &Arc<Outbox>)> = match &typed.targets {
-            Targets::All => clients.iter().map(|(n, o)| (*n, o)).collect(),
-            Targets::Some(numbers) => {
-                let absent: Vec<u64> = numbers
-                    .iter()
-                    .copied()
-                    .filter(|n| !clients.contains_key(n))
-                    .collect();
-                if !absent.is_empty() {
-                    warn!(
-                        "not sent: {} not connected; {}",
-                        name_clients(&absent),
-                        connected(&clients)
-                    );
-                    return;
-                }
-                numbers.iter().map(|n| (*n, &clients[n])).collect()
-            }
-        };
-        if outboxes.is_empty() {
-            warn!("not sent: no client is connected");
+        if bytes.len() > CLIENT_QUEUE {
+            warn!(
+                "not sent: a typed message of {} is longer than a client's queue holds ({})",
+                counted(bytes.len() as u64, "byte"),
+                crate::format::size(CLIENT_QUEUE as u64)
+            );
             return;
         }
+        // The outboxes are taken and the lock let go before anything is queued or logged: a
+        // slow stderr must not hold the listener, which adds and removes clients under it.
+        let addressed = {
+            let clients = self.clients.lock();
+            match &typed.targets {
+                Targets::All => Ok(clients
+                    .iter()
+                    .map(|(n, o)| (*n, Arc::clone(o)))
+                    .collect::<Vec<_>>()),
+                Targets::Some(numbers) => {
+                    let absent: Vec<u64> = numbers
+                        .iter()
+                        .copied()
+                        .filter(|n| !clients.contains_key(n))
+                        .collect();
+                    if absent.is_empty() {
+                        Ok(numbers
+                            .iter()
+                            .map(|n| (*n, Arc::clone(&clients[n])))
+                            .collect())
+                    } else {
+                        Err(format!(
+                            "not sent: {} not connected; {}",
+                            name_clients(&absent),
+                            connected(&clients)
+                        ))
+                    }
+                }
+            }
+        };
+        let outboxes = match addressed {
+            Ok(outboxes) if outboxes.is_empty() => {
+                warn!("not sent: no client is connected");
+                return;
+            }
+            Ok(outboxes) => outboxes,
+            Err(why) => {
+                warn!("{why}");
+                return;
+            }
+        };
         let len = bytes.len();
         let Some(message) = Message::new(bytes, &self.budget) else {
             if !std::mem::replace(&mut self.warned_full, true) {
@@ -404,7 +431,9 @@ impl Talk {
         self.warned_full = false;
         for (number, outbox) in outboxes {
             match outbox.push_typed(&message) {
-                Queued::Yes | Queued::Gone => {}
+                Queued::Yes => {}
+                // It ended after it was addressed, before the listener reaped it.
+                Queued::Gone => warn!("not sent to client {number}: it has disconnected"),
                 Queued::Dropped { first: true } => warn!(
                     "client {number} is not reading: dropped a {len}-byte message, its queue of \
                      {} to send being full; later drops are counted when it disconnects",

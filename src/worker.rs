@@ -313,6 +313,11 @@ impl Worker {
             large_reads,
             listening,
         } = shared;
+        // Queued before the outbox can be reached by typed messages: the greeting goes first
+        // (sent once the connection is set up, after a TLS handshake).
+        if let Some(greeting) = &settings.greeting {
+            outbox.push_greeting(greeting);
+        }
         Worker {
             id,
             format: ClientFormat::new(id, peer.clone(), listener.clone(), settings.output)
@@ -437,9 +442,6 @@ impl Worker {
         self.format.stamp();
         self.format.connect(&mut self.lines);
         self.hand_over();
-        if let Some(greeting) = &self.settings.greeting {
-            self.outbox.push_greeting(greeting);
-        }
         match self.serve() {
             End::Cut => (End::Stopped, true),
             end => (end, false),
@@ -481,7 +483,10 @@ impl Worker {
         if self.conn.has_buffered() && !self.shutdown.is_requested() {
             return Ok(Wake::Readable);
         }
-        if self.sending.is_none() && self.outbox.is_ready() && !self.cannot_send {
+        // Something to send and room to send it: no need to wait. (With encrypted bytes still
+        // waiting for the socket, wait for room below, the stop included.)
+        let pending = self.sending.is_some() || self.conn.wants_write();
+        if !pending && self.outbox.is_ready() && !self.cannot_send {
             return Ok(Wake::Outgoing);
         }
         let mut interest = Flags::IN;
@@ -514,9 +519,10 @@ impl Worker {
         }
     }
 
-    /// Whether reading waits until the client reads the echo already waiting for it.
+    /// Whether reading waits until the client reads what the worker itself sends back and the
+    /// client has not read yet (its echo, or telnet refusals).
     fn echo_held(&self) -> bool {
-        self.settings.echo && !self.cannot_send && self.outbox.echo_held()
+        !self.cannot_send && self.outbox.echo_held()
     }
 
     /// Writes what the outbox holds until it is empty or the socket has no room; records each
@@ -638,8 +644,8 @@ impl Worker {
                     self.burst += n;
                     self.heard = Instant::now();
                     if let Err(err) = self.consume(n) {
+                        // Said once, in the disconnect line (a warning).
                         self.hand_over();
-                        warn!("{}: {err}; disconnecting", self.id);
                         return Ok(Some(End::Failed(io::Error::new(
                             io::ErrorKind::InvalidData,
                             err.0,
@@ -702,7 +708,7 @@ impl Worker {
             let mut plain = Vec::with_capacity(n);
             let mut replies = Vec::new();
             telnet.filter(&self.buf[..n], &mut plain, &mut replies);
-            if !replies.is_empty() {
+            if !replies.is_empty() && !self.cannot_send {
                 self.outbox.push_echo(&replies);
             }
             len = plain.len();

@@ -17,6 +17,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::platform::{ABSTRACT_SOCKETS, UNIX_PATH_MAX};
+
 pub use connection::Connection;
 pub use unix::{UnixListener, UnixMode};
 
@@ -65,13 +67,6 @@ impl Serialize for Spec {
         serializer.collect_str(self)
     }
 }
-
-/// Longest path of a Unix socket: `sun_path` holds 108 bytes on Linux (104 on macOS and the
-/// BSDs), the last of them the terminating NUL.
-#[cfg(target_os = "linux")]
-pub const UNIX_PATH_MAX: usize = 107;
-#[cfg(not(target_os = "linux"))]
-pub const UNIX_PATH_MAX: usize = 103;
 
 impl Spec {
     /// Reads a `--listen` value.
@@ -128,7 +123,7 @@ impl UnixPath {
             ));
         }
         match text.strip_prefix('@') {
-            Some(name) if cfg!(target_os = "linux") => Ok(UnixPath::Abstract(name.to_owned())),
+            Some(name) if ABSTRACT_SOCKETS => Ok(UnixPath::Abstract(name.to_owned())),
             Some(_) => Err(format!(
                 "'{text}': the abstract namespace (@name) exists on Linux only"
             )),

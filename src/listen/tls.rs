@@ -168,6 +168,7 @@ impl Tls {
             sock,
             session,
             handshake_timeout: self.handshake_timeout,
+            failed: None,
         })
     }
 }
@@ -307,6 +308,8 @@ pub struct TlsStream {
     sock: TcpStream,
     session: ServerConnection,
     handshake_timeout: Duration,
+    /// An error the session found outside a read, for the next read to report.
+    failed: Option<rustls::Error>,
 }
 
 impl fmt::Debug for TlsStream {
@@ -439,8 +442,11 @@ impl TlsStream {
     pub fn has_buffered(&mut self) -> bool {
         match self.session.process_new_packets() {
             Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
-            // The read reports it.
-            Err(_) => true,
+            Err(err) => {
+                // Kept for the read, which the worker makes at once and which reports it.
+                self.failed = Some(err);
+                true
+            }
         }
     }
 
@@ -476,6 +482,9 @@ impl Read for TlsStream {
     /// `Ok(0)` at the client's close (with or without close_notify); `WouldBlock` when nothing
     /// more has come.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(err) = self.failed.take() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, err));
+        }
         loop {
             match self.session.reader().read(buf) {
                 Ok(n) => return Ok(n),

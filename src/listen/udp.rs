@@ -2,7 +2,8 @@
 //! source address: its first datagram gives it the next client number, its datagrams are framed
 //! like a stream except that a datagram's end also ends a message, and it ends after a silence
 //! (the idle timeout) or at the stop. No thread per source: per-source state is the framer's
-//! unfinished message (at most `--max-line` bytes) and the counts.
+//! unfinished message (at most `--max-line` bytes), the counts, and its outbox (bounded as
+//! every client's is).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -114,6 +115,8 @@ pub struct Receiver {
 struct Source {
     id: ClientId,
     peer: Peer,
+    /// Where its replies go: its address as the socket reported it.
+    reply_to: SocketAddr,
     framer: Framer,
     format: ClientFormat,
     outbox: Arc<Outbox>,
@@ -198,10 +201,14 @@ impl Receiver {
         // What the socket held at the stop was sent in good faith: read it all (bounded by the
         // drain limit, as a stream client's bytes are).
         let began = Instant::now();
-        while began.elapsed() < DRAIN_LIMIT
-            && self.receive(&mut buf, READS_PER_WAKE) == READS_PER_WAKE
-        {}
-        self.hand_over();
+        loop {
+            let full = self.receive(&mut buf, READS_PER_WAKE) == READS_PER_WAKE;
+            // Handed over batch by batch: a sender flooding through the drain costs no memory.
+            self.hand_over();
+            if !full || began.elapsed() >= DRAIN_LIMIT {
+                break;
+            }
+        }
         self.finish_sending(began);
         let stopped = std::mem::take(&mut self.sources)
             .into_values()
@@ -234,7 +241,7 @@ impl Receiver {
             match self.socket.recv_from(buf) {
                 Ok((n, from)) => {
                     self.datagrams += 1;
-                    self.datagram(Peer::ip(from), &buf[..n]);
+                    self.datagram(from, &buf[..n]);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return read,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -246,9 +253,12 @@ impl Receiver {
         limit
     }
 
-    /// Takes one datagram from `peer`.
-    fn datagram(&mut self, peer: Peer, data: &[u8]) {
-        let Peer::Ip(from) = peer else { return };
+    /// Takes one datagram from `sender` (the address as the socket gave it, which replies go
+    /// to; the client is known by it with an IPv4-mapped address turned back into IPv4).
+    fn datagram(&mut self, sender: SocketAddr, data: &[u8]) {
+        let Peer::Ip(from) = Peer::ip(sender) else {
+            return;
+        };
         if let Err(denial) = self.settings.access.check(from.ip()) {
             self.refuse(from, &denial.to_string());
             return;
@@ -262,7 +272,7 @@ impl Receiver {
                 self.refuse(from, &why);
                 return;
             }
-            self.start(from);
+            self.start(from, sender);
         }
         let Receiver {
             sources,
@@ -302,7 +312,7 @@ impl Receiver {
         }
         source.bytes += data.len() as u64;
         if settings.worker.echo {
-            match socket.send_to(data, from) {
+            match socket.send_to(data, source.reply_to) {
                 Ok(n) => source.sent += n as u64,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     source.outbox.push_echo(data)
@@ -312,8 +322,8 @@ impl Receiver {
         }
     }
 
-    /// Gives a new source the next client number.
-    fn start(&mut self, from: SocketAddr) {
+    /// Gives a new source the next client number; replies go to `reply_to`.
+    fn start(&mut self, from: SocketAddr, reply_to: SocketAddr) {
         let id = ClientId::new(self.numbers.fetch_add(1, Ordering::Relaxed));
         let peer = Peer::Ip(from);
         let on = if self.settings.named {
@@ -345,6 +355,7 @@ impl Receiver {
             Source {
                 id,
                 peer,
+                reply_to,
                 framer: self
                     .settings
                     .worker
@@ -387,12 +398,12 @@ impl Receiver {
     /// Sends each source's queued greeting, echo and typed messages, one datagram each.
     fn send_queued(&mut self) {
         let json = self.settings.worker.output.format == Format::Json;
-        for (from, source) in &mut self.sources {
+        for source in self.sources.values_mut() {
             if !source.outbox.is_ready() {
                 continue;
             }
             while let Some(chunk) = source.outbox.next() {
-                match self.socket.send_to(chunk.bytes(), *from) {
+                match self.socket.send_to(chunk.bytes(), source.reply_to) {
                     Ok(n) => {
                         source.sent += n as u64;
                         source.outbox.sent(&chunk);
@@ -403,7 +414,14 @@ impl Receiver {
                         break;
                     }
                     Err(err) => {
-                        debug!("{}: cannot send: {}", source.id, describe(&err));
+                        // Too long for a datagram (over 65,507 bytes), typically: the source
+                        // gets nothing of it.
+                        warn!(
+                            "not sent to {}: {} ({})",
+                            source.id,
+                            describe(&err),
+                            counted(chunk.bytes().len() as u64, "byte")
+                        );
                         source.outbox.sent(&chunk);
                     }
                 }
