@@ -221,3 +221,32 @@ fn nul_delimited_records_from_find() {
     finished.assert_stderr_has("served 1 client: 3 messages");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that floods telnet negotiation (`IAC DO x`, each answered with `IAC WONT x`) and
+/// reads none of the answers costs a bounded queue: the worker stops reading it, as for echo,
+/// instead of holding every answer.
+#[test]
+fn unread_telnet_answers_cost_bounded_memory() {
+    let mut server = Spawned::start(&["--telnet"]);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&server.addr().into()).expect("connect");
+    let mut flooder = std::net::TcpStream::from(socket);
+    flooder
+        .set_write_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    server.wait_stderr("client 1 connected", TIMEOUT);
+    let chunk: Vec<u8> = [0xff, 0xfd, 0x01].repeat(20_000);
+    let mut sent = 0;
+    // Until the server stops reading (or 50 MB went): its answers queue up unread.
+    while sent < 50_000_000 && flooder.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    let peak = crate::common::peak_memory(server.pid());
+    assert!(
+        peak < 40 * 1024 * 1024,
+        "peak resident memory {peak} bytes after {sent} bytes of negotiation"
+    );
+    server.stop(Signal::TERM).assert_success();
+}

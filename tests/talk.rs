@@ -319,7 +319,7 @@ fn a_client_that_does_not_read_has_a_bounded_queue() {
     let mut deaf_writer = deaf.try_clone().expect("clone");
     send(&mut deaf_writer, b"still here\n");
     server.wait_stdout("[1] still here", TIMEOUT);
-    let peak = peak_memory(pid);
+    let peak = crate::common::peak_memory(pid);
     assert!(
         peak < 40 * 1024 * 1024,
         "peak resident memory {peak} bytes while 50 MB were addressed to a client that reads nothing"
@@ -507,17 +507,6 @@ fn end_of_input_does_not_stop_the_server() {
     server.wait_stdout("[2] still served", TIMEOUT);
     let finished = server.stop(Signal::TERM);
     finished.assert_success();
-}
-
-/// The largest resident set the process has had (VmHWM), in bytes.
-fn peak_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .expect("VmHWM in /proc/PID/status")
 }
 
 /// A child process killed and reaped when dropped.

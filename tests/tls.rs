@@ -569,3 +569,96 @@ fn tls_among_several_listeners_trusted_through_the_written_certificate() {
     server.wait_stdout("[2] plain beside", TIMEOUT);
     server.stop(Signal::TERM).assert_success();
 }
+
+/// A TLS client that sends a lot with `--echo` and reads nothing: its worker waits in `poll`
+/// for room (it does not spin past the stop pipe), so a stop still ends the run promptly, with
+/// `--poll-interval 1h` so only the stop's wake can end it. Then `--greet` with typed messages: the greeting is the
+/// first thing a TLS client gets, even when a line addressed to it was typed during its
+/// handshake.
+#[test]
+fn a_tls_client_that_reads_nothing_neither_spins_nor_holds_the_stop() {
+    if !have(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-deaf");
+    let cert = dir.path("made.pem");
+    let mut server = Spawned::start(&[
+        "--tls",
+        "--echo",
+        "--poll-interval",
+        "1h",
+        "--tls-cert-out",
+        &cert,
+    ]);
+    // Python's ssl module: sends until its writes time out, then holds the connection, reading
+    // nothing, until it is killed (when this test ends).
+    let program = format!(
+        "import socket, ssl, sys, time\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         t = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {})))\n\
+         t.settimeout(0.5)\n\
+         try:\n\
+         \x20   while True: t.sendall(b'e' * 65536)\n\
+         except Exception: pass\n\
+         print('full', flush=True)\n\
+         time.sleep(60)\n",
+        server.addr().port()
+    );
+    let mut deaf = Command::new("python3")
+        .args(["-c", &program])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run python3");
+    let mut said = [0; 4];
+    deaf.stdout
+        .as_mut()
+        .expect("piped")
+        .read_exact(&mut said)
+        .expect("the client's windows fill");
+    // A worker spinning on its queue never looked at the stop: this stop would not end.
+    let finished = server.stop(Signal::TERM);
+    let _ = deaf.kill();
+    let _ = deaf.wait();
+    finished.assert_success();
+
+    let mut server = Spawned::start_typing(&[
+        "--tls",
+        "--greet",
+        "HELLO\\n",
+        "--stdin",
+        "always",
+        "--tls-cert-out",
+        &cert,
+    ]);
+    // Connected, its handshake not begun: it is client 1 already.
+    let sock = TcpStream::connect(server.addr()).expect("connect");
+    server.type_bytes(b"@1 typed during the handshake\n@9 sync\n");
+    server.wait_stderr("client 9 is not connected", TIMEOUT);
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(&cert).expect("read the certificate") {
+        roots.add(der.expect("PEM")).expect("trusted");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("a name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a session");
+    sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    let want = b"HELLO\ntyped during the handshake\n";
+    let mut got = Vec::new();
+    let mut buf = [0; 256];
+    while got.len() < want.len() {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    server.stop(Signal::TERM).assert_success();
+}

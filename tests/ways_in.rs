@@ -424,3 +424,74 @@ fn udp_and_unix_clients_are_answered() {
     assert_eq!(&reply[..n], b"to the local process\n");
     server.stop(Signal::TERM).assert_success();
 }
+
+/// TCP clients and UDP sources arriving at once never share a number: the accept loop and the
+/// UDP receiver number from one count.
+#[test]
+fn tcp_clients_and_udp_sources_arriving_together_get_distinct_numbers() {
+    let mut server = Spawned::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--format",
+        "json",
+        "--max-conns",
+        "5000",
+    ]);
+    let endpoints = server.endpoints();
+    let tcp: SocketAddr = endpoints[0].parse().expect("a TCP address");
+    let udp = udp_addr(&server);
+    const TCP: usize = 400;
+    const UDP: usize = 800;
+    let connecting = std::thread::spawn(move || {
+        (0..TCP)
+            .map(|_| connect(tcp))
+            .collect::<Vec<std::net::TcpStream>>()
+    });
+    // Every sender kept open until the end: a port freed and bound again would be the same
+    // source.
+    let sending = std::thread::spawn(move || {
+        (0..UDP)
+            .map(|_| {
+                let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                sender.send_to(b"x\n", udp).expect("send");
+                sender
+            })
+            .collect::<Vec<UdpSocket>>()
+    });
+    let streams = connecting.join().expect("connecting");
+    let senders = sending.join().expect("sending");
+    // The stop accepts the connections still queued and reads the datagrams still waiting.
+    let finished = server.stop(Signal::TERM);
+    drop((streams, senders));
+    let events: Vec<serde_json::Value> = finished
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let summary = events.last().expect("a summary");
+    // The kernel may drop datagrams of such a burst (its receive buffer is bounded): every
+    // source it did not drop is a client.
+    let dropped = summary["datagrams_dropped"].as_u64().expect("a drop count") as usize;
+    let total = TCP + UDP - dropped;
+    let mut numbers: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "connect")
+        .map(|e| e["client"].as_u64().expect("a number"))
+        .collect();
+    assert_eq!(
+        numbers.len(),
+        total,
+        "connect events ({dropped} datagrams dropped)"
+    );
+    assert_eq!(summary["clients"], total as u64, "{summary}");
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), total, "client numbers given twice");
+    assert_eq!(
+        numbers.last(),
+        Some(&(total as u64)),
+        "a gap in the numbers"
+    );
+}

@@ -648,6 +648,17 @@ pub fn wait_threads(pid: u32, what: &str, timeout: Duration, done: impl Fn(&[Str
     }
 }
 
+/// The largest resident set the process has had (VmHWM), in bytes.
+pub fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmHWM in /proc/PID/status")
+}
+
 /// Whether the programs a test drives are on the PATH; without them the test is skipped with a
 /// note, but in CI (`CI` set) a missing one fails: `.ci/run` installs them.
 pub fn have(programs: &[&str]) -> bool {
