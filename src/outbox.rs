@@ -356,6 +356,15 @@ mod tests {
     }
 
     #[test]
+    fn the_bounds_are_those_the_readme_gives() {
+        // README, Delivery: a client's queue of typed messages holds 1 MiB, all queues 64 MiB,
+        // and a worker stops reading a client that leaves 256 KiB of echo unread.
+        assert_eq!(CLIENT_QUEUE, 1 << 20);
+        assert_eq!(TOTAL_QUEUED, 64 << 20);
+        assert_eq!(ECHO_HOLD, 256 << 10);
+    }
+
+    #[test]
     fn chunks_come_out_in_order_and_counts_follow_them() {
         let budget = Budget::default();
         let outbox = Outbox::default();

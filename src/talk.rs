@@ -485,6 +485,8 @@ fn connected(clients: &BTreeMap<u64, Arc<Outbox>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Pipe;
+    use crate::shutdown::StopReason;
 
     fn parsed(line: &str) -> Option<(Targets, String)> {
         parse_line(line.as_bytes()).map(|t| {
@@ -538,12 +540,232 @@ mod tests {
         assert_eq!(name_clients(&[9, 12, 14]), "clients 9, 12 and 14 are");
         let mut clients = BTreeMap::new();
         assert_eq!(connected(&clients), "no client is connected");
-        for n in 1..=10 {
+        for n in 1..=8 {
+            clients.insert(n, Arc::new(Outbox::default()));
+        }
+        assert_eq!(
+            connected(&clients),
+            "connected: 1, 2, 3, 4, 5, 6, 7, 8 (8 clients)",
+            "all shown"
+        );
+        for n in 9..=10 {
             clients.insert(n, Arc::new(Outbox::default()));
         }
         assert_eq!(
             connected(&clients),
             "connected: 1, 2, 3, 4, 5, 6, 7, 8, … (10 clients)"
         );
+    }
+
+    const PLAIN: TalkSettings = TalkSettings {
+        raw: false,
+        crlf: false,
+    };
+
+    /// A talk to clients 1, 2 and 3, and their outboxes.
+    fn talk_to_three(settings: TalkSettings) -> (Talk, Listening, Vec<Arc<Outbox>>) {
+        let clients = Clients::default();
+        let outboxes: Vec<Arc<Outbox>> = (0..3).map(|_| Arc::new(Outbox::default())).collect();
+        for (number, outbox) in (1..).zip(&outboxes) {
+            clients.insert(ClientId::new(number), Arc::clone(outbox));
+        }
+        let (talk, listening) = Talk::new(clients, settings).expect("bell");
+        (talk, listening, outboxes)
+    }
+
+    /// What an outbox holds, taken out of it.
+    fn sent_to(outbox: &Outbox) -> Vec<String> {
+        std::iter::from_fn(|| {
+            let chunk = outbox.next()?;
+            outbox.sent(&chunk);
+            Some(String::from_utf8_lossy(chunk.bytes()).into_owned())
+        })
+        .collect()
+    }
+
+    /// What each of the outboxes holds, taken out of them.
+    fn sent_to_each(outboxes: &[Arc<Outbox>]) -> Vec<Vec<String>> {
+        outboxes.iter().map(|outbox| sent_to(outbox)).collect()
+    }
+
+    fn rung(pipe: &Pipe) -> bool {
+        let mut fds = [Fd::new(pipe.waker(), Flags::IN)];
+        poll::wait(&mut fds, Duration::ZERO).expect("poll") == 1
+    }
+
+    /// Takes `reads` as the reader thread does, and returns the unfinished line kept.
+    fn take_all(talk: &mut Talk, reads: &[&[u8]]) -> (Vec<u8>, bool) {
+        let (mut line, mut too_long) = (Vec::new(), false);
+        for read in reads {
+            talk.take(read, &mut line, &mut too_long);
+        }
+        (line, too_long)
+    }
+
+    #[test]
+    fn typed_lines_reach_the_clients_they_name_in_order_and_ring_the_bell() {
+        let (mut talk, listening, outboxes) = talk_to_three(PLAIN);
+        let before = listening.bell.current();
+        let (line, too_long) = take_all(&mut talk, &[b"hello\r\n@2 two\\tx\n@1,3 odd\npart"]);
+        assert_eq!((line.as_slice(), too_long), (&b"part"[..], false));
+        assert!(rung(&before), "a line was sent: the workers are woken");
+        assert_eq!(
+            sent_to_each(&outboxes),
+            [
+                vec!["hello\n", "odd\n"],
+                vec!["hello\n", "two\tx\n"],
+                vec!["hello\n", "odd\n"]
+            ]
+        );
+        let before = listening.bell.current();
+        let (mut line, mut too_long) = (line, too_long);
+        talk.take(b"ial", &mut line, &mut too_long);
+        assert!(!rung(&before), "no line end, nothing sent, nobody woken");
+        talk.take(b" line\n", &mut line, &mut too_long);
+        assert!(rung(&before));
+        assert!(line.is_empty());
+        assert_eq!(sent_to_each(&outboxes), [["partial line\n"; 1]; 3]);
+    }
+
+    #[test]
+    fn raw_text_is_sent_as_typed_and_crlf_ends_each_message() {
+        let (mut talk, _listening, outboxes) = talk_to_three(TalkSettings {
+            raw: true,
+            crlf: true,
+        });
+        take_all(&mut talk, &[b"@3 a\\tb\\q\n"]);
+        assert_eq!(
+            sent_to_each(&outboxes),
+            [vec![], vec![], vec!["a\\tb\\q\r\n"]]
+        );
+    }
+
+    #[test]
+    fn lines_that_cannot_be_sent_reach_no_client() {
+        let (mut talk, _listening, outboxes) = talk_to_three(PLAIN);
+        // Malformed address, a backslash that starts no escape, a client that is not
+        // connected (even beside one that is).
+        take_all(&mut talk, &[b"@x hi\nbad \\q\n@4 hi\n@2,4 hi\n"]);
+        assert_eq!(sent_to_each(&outboxes), [[""; 0]; 3]);
+        // With nobody connected, nothing is queued anywhere.
+        let (mut alone, _listening) = Talk::new(Clients::default(), PLAIN).expect("bell");
+        take_all(&mut alone, &[b"hello\n"]);
+        assert_eq!(alone.budget.held(), 0);
+    }
+
+    #[test]
+    fn a_removed_client_is_no_longer_addressed() {
+        let (mut talk, _listening, outboxes) = talk_to_three(PLAIN);
+        talk.clients.remove(ClientId::new(2));
+        take_all(&mut talk, &[b"all\n@2 two\n"]);
+        assert_eq!(
+            sent_to_each(&outboxes),
+            [vec!["all\n"], vec![], vec!["all\n"]]
+        );
+    }
+
+    #[test]
+    fn a_message_as_long_as_a_client_queue_is_sent_and_a_longer_one_is_not() {
+        let (mut talk, _listening, outboxes) = talk_to_three(PLAIN);
+        // With its `\n`, exactly a client's queue.
+        let mut fits = vec![b'a'; CLIENT_QUEUE - 1];
+        fits.push(b'\n');
+        take_all(&mut talk, &[&fits]);
+        assert_eq!(
+            outboxes
+                .iter()
+                .map(|o| sent_to(o)[0].len())
+                .collect::<Vec<_>>(),
+            [CLIENT_QUEUE; 3]
+        );
+        let mut over = vec![b'b'; CLIENT_QUEUE];
+        over.push(b'\n');
+        take_all(&mut talk, &[&over]);
+        assert_eq!(sent_to_each(&outboxes), [[""; 0]; 3]);
+    }
+
+    #[test]
+    fn an_unfinished_line_is_kept_up_to_the_limit_and_dropped_whole_past_it() {
+        let (mut talk, _listening, outboxes) = talk_to_three(PLAIN);
+        let (line, too_long) = take_all(&mut talk, &[&vec![b'a'; MAX_TYPED]]);
+        assert_eq!((line.len(), too_long), (MAX_TYPED, false));
+        let (mut line, mut too_long) = take_all(&mut talk, &[&vec![b'a'; MAX_TYPED], b"a"]);
+        assert_eq!((line.len(), too_long), (0, true));
+        // Its end is dropped with it, up to its line end; the next line is sent.
+        talk.take(b"more", &mut line, &mut too_long);
+        assert_eq!((line.len(), too_long), (0, true));
+        talk.take(b"tail\nnext\n", &mut line, &mut too_long);
+        assert_eq!((line.len(), too_long), (0, false));
+        assert_eq!(sent_to_each(&outboxes), [["next\n"; 1]; 3]);
+    }
+
+    #[test]
+    fn the_input_is_read_to_its_end_and_its_last_unended_line_sent() {
+        let (talk, listening, outboxes) = talk_to_three(PLAIN);
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&write, b"one\n@2 two\nlast").expect("write");
+        drop(write);
+        let before = listening.bell.current();
+        assert!(!listening.is_finished());
+        talk.run(read.as_fd(), &Shutdown::new().expect("shutdown"));
+        assert!(listening.is_finished());
+        assert!(rung(&before));
+        assert_eq!(
+            sent_to_each(&outboxes),
+            [
+                vec!["one\n", "last\n"],
+                vec!["one\n", "two\n", "last\n"],
+                vec!["one\n", "last\n"]
+            ]
+        );
+    }
+
+    #[test]
+    fn an_input_that_ends_with_a_line_end_sends_no_empty_message() {
+        let (talk, listening, outboxes) = talk_to_three(PLAIN);
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&write, b"one\n").expect("write");
+        drop(write);
+        talk.run(read.as_fd(), &Shutdown::new().expect("shutdown"));
+        assert!(listening.is_finished());
+        assert_eq!(sent_to_each(&outboxes), [["one\n"; 1]; 3]);
+    }
+
+    #[test]
+    fn at_the_stop_what_the_input_holds_is_read_and_an_unended_line_is_not_sent() {
+        let (talk, listening, outboxes) = talk_to_three(PLAIN);
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&write, b"one\ntwo\nunended").expect("write");
+        let shutdown = Shutdown::new().expect("shutdown");
+        shutdown.request(StopReason::Requested);
+        // The input stays open: the reader stops when it holds nothing more.
+        talk.run(read.as_fd(), &shutdown);
+        assert!(listening.is_finished());
+        assert_eq!(sent_to_each(&outboxes), [["one\n", "two\n"]; 3]);
+        drop(write);
+    }
+
+    #[test]
+    fn waiting_for_the_input_ends_at_once_when_it_is_over_else_at_the_deadline() {
+        let (over, listening, _outboxes) = talk_to_three(PLAIN);
+        over.finished.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        listening.wait_finished(deadline);
+        assert!(Instant::now() < deadline, "the input is over: no wait");
+        let (_talk, listening, _outboxes) = talk_to_three(PLAIN);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        listening.wait_finished(deadline);
+        assert!(
+            Instant::now() >= deadline,
+            "waited for the input until the deadline"
+        );
+    }
+
+    #[test]
+    fn an_input_is_readable_now_only_when_it_holds_bytes() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        assert!(!readable_now(read.as_fd()));
+        rustix::io::write(&write, b"x").expect("write");
+        assert!(readable_now(read.as_fd()));
     }
 }

@@ -469,6 +469,12 @@ mod tests {
             texts(Framing::Syslog, 100, &[b"123456789012 long\n"]),
             ["123456789012 long"]
         );
+        assert_eq!(
+            texts(Framing::Syslog, 100, &[b"12345678901 long\n"]),
+            ["12345678901 long"]
+        );
+        // Digits the stream ends on.
+        assert_eq!(texts(Framing::Syslog, 100, &[b"1", b"2"]), ["12"]);
     }
 
     #[test]
@@ -516,6 +522,19 @@ mod tests {
     }
 
     #[test]
+    fn a_length_at_the_limit_is_taken_and_one_past_it_is_not() {
+        let mut framer = Framing::Length(Width::U32Be).framer(64);
+        let limit = u32::try_from(LENGTH_LIMIT).expect("fits");
+        framer
+            .push(&Width::U32Be.encode(limit), |_| panic!("no message yet"))
+            .expect("at the limit");
+        let mut framer = Framing::Length(Width::U32Be).framer(64);
+        framer
+            .push(&Width::U32Be.encode(limit + 1), |_| panic!("no message"))
+            .expect_err("past the limit");
+    }
+
+    #[test]
     fn none_hands_out_each_read() {
         let mut framer = Framing::None.framer(4);
         let mut out = Vec::new();
@@ -533,6 +552,92 @@ mod tests {
                 (b"ij".to_vec(), true)
             ]
         );
+    }
+
+    /// Each piece `emit` is given: its bytes, whether it continues a message, whether it was cut.
+    type Pieces = Vec<(Vec<u8>, bool, bool)>;
+
+    fn collect(pieces: &mut Pieces) -> impl FnMut(Piece<'_>) + '_ {
+        |p| pieces.push((p.bytes.to_vec(), p.continued, p.cut))
+    }
+
+    #[test]
+    fn a_stream_cut_in_a_message_hands_out_what_came_of_it() {
+        let mut pieces = Pieces::new();
+        let mut length = Length::new(Width::U8, 64);
+        length
+            .push(&[5, b'a', b'b'], &mut collect(&mut pieces))
+            .expect("frames");
+        assert!(pieces.is_empty());
+        length.finish(true, &mut collect(&mut pieces));
+        assert_eq!(pieces, [(b"ab".to_vec(), false, true)]);
+        // Half a prefix: its bytes, as a message of their own.
+        let mut pieces = Pieces::new();
+        let mut length = Length::new(Width::U32Be, 64);
+        length
+            .push(&[0, 7], &mut collect(&mut pieces))
+            .expect("frames");
+        length.finish(false, &mut collect(&mut pieces));
+        assert_eq!(pieces, [(vec![0, 7], false, false)]);
+
+        let mut pieces = Pieces::new();
+        let mut syslog = Syslog::new(64);
+        syslog.push(b"5 ab", &mut collect(&mut pieces));
+        syslog.finish(true, &mut collect(&mut pieces));
+        assert_eq!(pieces, [(b"ab".to_vec(), false, true)]);
+        // A count with none of its bytes yet: nothing came of the message.
+        let mut pieces = Pieces::new();
+        let mut syslog = Syslog::new(64);
+        syslog.push(b"3 abc5 ", &mut collect(&mut pieces));
+        syslog.finish(true, &mut collect(&mut pieces));
+        assert_eq!(pieces, [(b"abc".to_vec(), false, false)]);
+    }
+
+    #[test]
+    fn pending_len_is_the_bytes_held_for_an_unfinished_message() {
+        let mut length = Length::new(Width::U16Be, 64);
+        let mut none = |_: Piece<'_>| {};
+        length.push(&[0, 5, b'a', b'b'], &mut none).expect("frames");
+        assert_eq!(length.pending_len(), 2);
+        length.push(b"cde", &mut none).expect("frames");
+        assert_eq!(length.pending_len(), 0);
+        length.push(&[0], &mut none).expect("frames");
+        assert_eq!(length.pending_len(), 1, "half a prefix");
+
+        let mut syslog = Syslog::new(64);
+        syslog.push(b"12", &mut none);
+        assert_eq!(syslog.pending_len(), 2, "what may be a count");
+        syslog.push(b" abc", &mut none);
+        assert_eq!(syslog.pending_len(), 3, "counted bytes");
+        syslog.push(b"defghijkl", &mut none);
+        assert_eq!(syslog.pending_len(), 0);
+        syslog.push(b"<1> line", &mut none);
+        assert_eq!(syslog.pending_len(), 8, "a line");
+    }
+
+    #[test]
+    fn shrinking_lets_go_of_an_empty_buffer_and_keeps_held_bytes() {
+        let mut none = |_: Piece<'_>| {};
+        let mut length = Length::new(Width::U8, 100);
+        length.push(&[50], &mut none).expect("frames");
+        length.push(&[b'x'; 30], &mut none).expect("frames");
+        length.shrink();
+        assert_eq!(length.pending_len(), 30, "held bytes are kept");
+        length.push(&[b'x'; 20], &mut none).expect("frames");
+        assert_eq!(length.pending_len(), 0);
+        assert!(length.body.pending.capacity() >= 50);
+        length.shrink();
+        assert_eq!(length.body.pending.capacity(), 0);
+
+        let mut syslog = Syslog::new(100);
+        syslog.push(b"50 ", &mut none);
+        syslog.push(&[b'x'; 30], &mut none);
+        syslog.push(&[b'x'; 20], &mut none);
+        syslog.push(b"30 ", &mut none);
+        assert_eq!(syslog.pending_len(), 0);
+        assert!(syslog.body.pending.capacity() > 0);
+        syslog.shrink();
+        assert_eq!(syslog.body.pending.capacity(), 0);
     }
 
     mod properties {
