@@ -499,6 +499,16 @@ fn a_stop_while_50_tls_clients_stream_loses_nothing() {
 
 /// A rustls client to 127.0.0.1:`port` that trusts the certificate in `cert` (as `localhost`).
 fn tls_client(port: u16, cert: &Path) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tls_over(sock, cert)
+}
+
+/// A rustls session over `sock`, already connected (its handshake not begun), trusting the
+/// certificate in `cert` as `localhost`; reads and writes time out after [`TIMEOUT`].
+fn tls_over(
+    sock: TcpStream,
+    cert: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_file_iter(cert).expect("read the certificate") {
         roots.add(der.expect("PEM")).expect("a trusted certificate");
@@ -511,7 +521,6 @@ fn tls_client(port: u16, cert: &Path) -> rustls::StreamOwned<rustls::ClientConne
         .with_no_client_auth();
     let name = ServerName::try_from("localhost").expect("a name");
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a session");
-    let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     sock.set_write_timeout(Some(TIMEOUT)).expect("timeout");
     rustls::StreamOwned::new(conn, sock)
@@ -572,9 +581,9 @@ fn tls_among_several_listeners_trusted_through_the_written_certificate() {
 
 /// A TLS client that sends a lot with `--echo` and reads nothing: its worker waits in `poll`
 /// for room (it does not spin past the stop pipe), so a stop still ends the run promptly, with
-/// `--poll-interval 1h` so only the stop's wake can end it. Then `--greet` with typed messages: the greeting is the
-/// first thing a TLS client gets, even when a line addressed to it was typed during its
-/// handshake.
+/// `--poll-interval 1h` so only the stop's wake can end it. Then `--greet` with typed
+/// messages: the greeting is the first thing a TLS client gets, even when a line addressed to
+/// it was typed during its handshake.
 #[test]
 fn a_tls_client_that_reads_nothing_neither_spins_nor_holds_the_stop() {
     if !have(&["python3"]) {
@@ -636,21 +645,7 @@ fn a_tls_client_that_reads_nothing_neither_spins_nor_holds_the_stop() {
     let sock = TcpStream::connect(server.addr()).expect("connect");
     server.type_bytes(b"@1 typed during the handshake\n@9 sync\n");
     server.wait_stderr("client 9 is not connected", TIMEOUT);
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_file_iter(&cert).expect("read the certificate") {
-        roots.add(der.expect("PEM")).expect("trusted");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("a name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a session");
-    sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    let mut stream = rustls::StreamOwned::new(conn, sock);
+    let mut stream = tls_over(sock, Path::new(&cert));
     let want = b"HELLO\ntyped during the handshake\n";
     let mut got = Vec::new();
     let mut buf = [0; 256];
