@@ -39,7 +39,8 @@
 //! Options: `--peers overhear,copy,socat` limits the servers (and sets their order; the sinks are
 //! `copy` and `discard`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
 //! throughput volume per client (also in `unix`, `tls` and `framing`); `--rounds 3` how many
-//! throughput runs each figure is the median of (also in `unix`, `tls` and `framing`); `--dir DIR`
+//! throughput runs each figure is the median of (also in `unix`, `tls` and `framing`), and how
+//! many latency rounds are pooled (5 unless given); `--dir DIR`
 //! where the servers' output and log files go (default: the temporary directory).
 
 use std::collections::HashMap;
@@ -2027,98 +2028,154 @@ fn all_eof(streams: &mut [TcpStream], start: Instant, limit: Duration) -> Option
 
 // ---------------------------------------------------------------- latency
 
-fn latency(kinds: &[Kind], dir: &Path) {
-    let mut table = Table::new(
-        "latency: one line every 1 ms for 5 s, send to line on the server's stdout pipe",
-        &["server", "lines", "p50 µs", "p99 µs", "p99.9 µs", "max µs"],
-    );
-    for &kind in kinds.iter().filter(|k| k.prints()) {
-        let (_, log) = run_files(dir, "latency", kind);
-        let Some(mut server) = Running::start(kind, None, &log) else {
-            table
-                .rows
-                .push(vec![kind.name().into(), "not installed".into()]);
-            continue;
-        };
-        let stdout = server.child.stdout.take().expect("piped stdout");
-        let total = (LATENCY_RUN.as_micros() / LATENCY_PERIOD.as_micros()) as usize;
-        let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
-        let reader = {
-            let sent = Arc::clone(&sent);
-            thread::spawn(move || {
-                let mut delays = Vec::with_capacity(total);
-                let mut reader = BufReader::new(stdout);
-                let mut text = Vec::new();
-                while delays.len() < total {
-                    text.clear();
-                    match reader.read_until(b'\n', &mut text) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    let now = Instant::now();
-                    let body = match text.iter().position(|&b| b == b'c') {
-                        Some(i) => &text[i..],
-                        None => continue,
-                    };
-                    let seq = std::str::from_utf8(body)
-                        .ok()
-                        .and_then(|s| s.split_once('-'))
-                        .and_then(|(_, rest)| rest.get(..10)?.parse::<usize>().ok());
-                    if let Some(at) = seq.and_then(|i| sent.lock().ok()?.get(i).copied().flatten())
-                    {
-                        delays.push(now - at);
-                    }
-                }
-                delays
-            })
-        };
-        let mut stream = TcpStream::connect(server.addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let start = Instant::now();
-        let mut buf = Vec::with_capacity(LINE_LEN);
-        for i in 0..total {
-            let due = start + LATENCY_PERIOD * i as u32;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
+/// Runs the latency scenario `rounds` times, the servers in turn within each round (so a slow
+/// stretch of the machine falls on all of them), and reports each server's percentiles over all
+/// its lines, the range of its per-round p99, and overhear's p99 against the best peer's.
+fn latency(kinds: &[Kind], rounds: usize, dir: &Path) {
+    let servers: Vec<Kind> = kinds.iter().copied().filter(|k| k.prints()).collect();
+    let mut delays: Vec<Vec<Duration>> = vec![Vec::new(); servers.len()];
+    let mut p99s: Vec<Vec<u128>> = vec![Vec::new(); servers.len()];
+    let mut failures: Vec<Option<String>> = vec![None; servers.len()];
+    for round in 1..=rounds {
+        for (i, &kind) in servers.iter().enumerate() {
+            if failures[i].is_some() {
+                continue;
             }
-            buf.clear();
-            line(0, i, &mut buf);
-            sent.lock().expect("sent times")[i] = Some(Instant::now());
-            stream.write_all(&buf).expect("send");
+            match latency_round(kind, dir) {
+                Ok(mut round_delays) => {
+                    round_delays.sort();
+                    p99s[i].push(percentile(&round_delays, 0.99).as_micros());
+                    delays[i].extend(round_delays);
+                }
+                Err(why) => failures[i] = Some(format!("{why} (round {round})")),
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !reader.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        drop(stream);
-        if !reader.is_finished() {
-            drop(server);
-            table
-                .rows
-                .push(vec![kind.name().into(), "lines missing after 10 s".into()]);
+    }
+    let mut table = Table::new(
+        &format!(
+            "latency: one line every 1 ms for 5 s, send to line on the server's stdout pipe; \
+             {rounds} rounds, the servers in turn"
+        ),
+        &[
+            "server",
+            "lines",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "p99 of each round µs",
+        ],
+    );
+    let mut overhear_p99 = None;
+    let mut best_peer: Option<(u128, Kind)> = None;
+    for (i, &kind) in servers.iter().enumerate() {
+        if let Some(why) = &failures[i] {
+            table.rows.push(vec![kind.name().into(), why.clone()]);
             continue;
         }
-        let mut delays = reader.join().expect("latency reader");
-        delays.sort();
-        let pct = |p: f64| {
-            let i = ((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1));
-            delays
-                .get(i)
-                .map_or("—".into(), |d| d.as_micros().to_string())
-        };
+        let all = &mut delays[i];
+        all.sort();
+        let us = |p: f64| percentile(all, p).as_micros();
+        let p99 = us(0.99);
+        if kind == Kind::Overhear {
+            overhear_p99 = Some(p99);
+        } else if best_peer.is_none_or(|(best, _)| p99 < best) {
+            best_peer = Some((p99, kind));
+        }
         table.rows.push(vec![
             kind.name().into(),
-            delays.len().to_string(),
-            pct(0.5),
-            pct(0.99),
-            pct(0.999),
-            delays
-                .last()
-                .map_or("—".into(), |d| d.as_micros().to_string()),
+            all.len().to_string(),
+            us(0.5).to_string(),
+            p99.to_string(),
+            us(0.999).to_string(),
+            all.last().map_or(0, |d| d.as_micros()).to_string(),
+            p99s[i]
+                .iter()
+                .map(u128::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         ]);
-        drop(server);
     }
     table.print();
+    if let (Some(ours), Some((theirs, peer))) = (overhear_p99, best_peer) {
+        println!(
+            "\noverhear's p99 against the best peer's ({}): {ours} µs vs {theirs} µs, {}",
+            peer.name(),
+            ratio(ours as f64, theirs as f64)
+        );
+    }
+}
+
+/// The `p`-quantile of sorted `delays` (zero when there are none).
+fn percentile(delays: &[Duration], p: f64) -> Duration {
+    let i = ((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1));
+    delays.get(i).copied().unwrap_or_default()
+}
+
+/// One latency round against a fresh `kind`: a line every [`LATENCY_PERIOD`] for
+/// [`LATENCY_RUN`], each timed from just before its send to its arrival on the server's stdout.
+fn latency_round(kind: Kind, dir: &Path) -> Result<Vec<Duration>, String> {
+    let (_, log) = run_files(dir, "latency", kind);
+    let Some(mut server) = Running::start(kind, None, &log) else {
+        return Err("not installed".into());
+    };
+    let stdout = server.child.stdout.take().expect("piped stdout");
+    let total = (LATENCY_RUN.as_micros() / LATENCY_PERIOD.as_micros()) as usize;
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+    let reader = {
+        let sent = Arc::clone(&sent);
+        thread::spawn(move || {
+            let mut delays = Vec::with_capacity(total);
+            let mut reader = BufReader::new(stdout);
+            let mut text = Vec::new();
+            while delays.len() < total {
+                text.clear();
+                match reader.read_until(b'\n', &mut text) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let now = Instant::now();
+                let body = match text.iter().position(|&b| b == b'c') {
+                    Some(i) => &text[i..],
+                    None => continue,
+                };
+                let seq = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|s| s.split_once('-'))
+                    .and_then(|(_, rest)| rest.get(..10)?.parse::<usize>().ok());
+                if let Some(at) = seq.and_then(|i| sent.lock().ok()?.get(i).copied().flatten()) {
+                    delays.push(now - at);
+                }
+            }
+            delays
+        })
+    };
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(LINE_LEN);
+    for i in 0..total {
+        let due = start + LATENCY_PERIOD * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        buf.clear();
+        line(0, i, &mut buf);
+        sent.lock().expect("sent times")[i] = Some(Instant::now());
+        stream.write_all(&buf).expect("send");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(stream);
+    if !reader.is_finished() {
+        drop(server);
+        return Err("lines missing after 10 s".into());
+    }
+    let delays = reader.join().expect("latency reader");
+    drop(server);
+    Ok(delays)
 }
 
 // ---------------------------------------------------------------- udp
@@ -2425,10 +2482,8 @@ fn main() {
         .map(|l| l.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 5_000, 10_000]);
     let mib: usize = value("--mib").and_then(|m| m.parse().ok()).unwrap_or(64);
-    let rounds: usize = value("--rounds")
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds_given: Option<usize> = value("--rounds").and_then(|m| m.parse().ok());
+    let rounds = rounds_given.unwrap_or(3).max(1);
     let known = [
         "throughput",
         "churn",
@@ -2485,7 +2540,7 @@ fn main() {
                 let floors = thread_floor(&sizes);
                 concurrent(&with_small, &sizes, &floors, &dir);
             }
-            "latency" => latency(&kinds, &dir),
+            "latency" => latency(&kinds, rounds_given.unwrap_or(5).max(1), &dir),
             "udp" => udp(&kinds, &dir),
             "unix" => unix(&kinds, mib, rounds, &dir),
             "tls" => tls(&kinds, mib, rounds, &dir),

@@ -36,8 +36,13 @@ use crate::shutdown::Shutdown;
 use crate::talk::Listening;
 use crate::threads::{Stacks, Thread};
 
-/// Bytes asked for per `read(2)` when a client starts sending. The buffer exists only while a
-/// client is sending: an idle client holds none.
+/// The read buffer a client keeps once it has sent something, and the first `read(2)`'s size
+/// when it starts sending again: a lone line is read without allocating, zeroing and freeing a
+/// buffer on its path. A client that has never sent holds none.
+pub const QUIET_CHUNK: usize = 4 * 1024;
+
+/// The largest read buffer a client may grow to on its own; larger ones take a share of
+/// [`LARGE_READERS`].
 pub const READ_CHUNK: usize = 32 * 1024;
 
 /// The read buffer of a client that keeps filling it doubles up to this size: fewer, larger
@@ -230,7 +235,8 @@ pub struct Worker {
     /// The telnet filter (`--telnet`).
     telnet: Option<Telnet>,
     format: ClientFormat,
-    /// Read buffer; allocated while the client sends, released when it goes quiet.
+    /// Read buffer; allocated when the client first sends, cut back to [`QUIET_CHUNK`] when it
+    /// goes quiet.
     buf: Vec<u8>,
     /// Formatted lines not yet written; allocated while the client sends.
     lines: Vec<u8>,
@@ -629,7 +635,7 @@ impl Worker {
                 break;
             }
             if self.buf.is_empty() {
-                self.buf = vec![0; READ_CHUNK];
+                self.buf = vec![0; QUIET_CHUNK];
             }
             match self.conn.read(&mut self.buf) {
                 Ok(0) => {
@@ -656,12 +662,14 @@ impl Worker {
                     // of the drain limit too.
                     self.owed = self.owed.saturating_sub(n as u64);
                     if n == self.buf.len() && n < READ_CHUNK_MAX {
-                        // More is waiting, most likely: read it in larger pieces, if allowed.
-                        if self.large.is_none() {
+                        // More is waiting, most likely: read it in larger pieces, past
+                        // READ_CHUNK only with a share of the large buffers.
+                        let larger = (2 * n).min(READ_CHUNK_MAX);
+                        if larger > READ_CHUNK && self.large.is_none() {
                             self.large = self.large_reads.take();
                         }
-                        if self.large.is_some() {
-                            self.buf = vec![0; (2 * n).min(READ_CHUNK_MAX)];
+                        if larger <= READ_CHUNK || self.large.is_some() {
+                            self.buf = vec![0; larger];
                         }
                     }
                     if self.draining && self.owed == 0 && self.past_drain_limit() {
@@ -677,9 +685,13 @@ impl Worker {
                     // Nothing more is owed, whatever FIONREAD said: a drain that still counted
                     // on it would spin here.
                     self.owed = 0;
-                    // Quiet for now: give the memory back until the client sends again.
+                    // Quiet for now: give the memory back until the client sends again, all but
+                    // the small buffer its next line is read into.
                     self.hand_over();
-                    self.buf = Vec::new();
+                    if self.buf.len() > QUIET_CHUNK {
+                        self.buf.truncate(QUIET_CHUNK);
+                        self.buf.shrink_to_fit();
+                    }
                     self.lines = Vec::new();
                     self.large = None;
                     self.framer.shrink();
