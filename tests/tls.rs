@@ -643,6 +643,7 @@ fn a_tls_client_that_reads_nothing_neither_spins_nor_holds_the_stop() {
     ]);
     // Connected, its handshake not begun: it is client 1 already.
     let sock = TcpStream::connect(server.addr()).expect("connect");
+    server.wait_addressable(1);
     server.type_bytes(b"@1 typed during the handshake\n@9 sync\n");
     server.wait_stderr("client 9 is not connected", TIMEOUT);
     let mut stream = tls_over(sock, Path::new(&cert));

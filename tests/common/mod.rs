@@ -194,6 +194,20 @@ impl Capture {
         })
     }
 
+    /// Waits for the `nth` line (counting from 1) containing `needle` and returns it.
+    pub fn wait_nth_line(&self, needle: &str, nth: usize, timeout: Duration) -> String {
+        self.wait_for(
+            &format!("line {nth} containing {needle:?}"),
+            timeout,
+            |text| {
+                (0..text.line_count())
+                    .map(|i| text.line(i))
+                    .filter(|line| line.contains(needle))
+                    .nth(nth - 1)
+            },
+        )
+    }
+
     /// Waits until at least `count` lines were read and returns all lines read so far.
     pub fn wait_lines(&self, count: usize, timeout: Duration) -> Vec<String> {
         self.wait_for(&format!("{count} lines"), timeout, |text| {
@@ -453,6 +467,27 @@ impl Spawned {
             .write_all(bytes)
             .and_then(|()| input.flush())
             .unwrap_or_else(|err| panic!("cannot type into {}: {err}", self.command));
+    }
+
+    /// Waits until the server has taken `count` clients' connections (their numbers given, a
+    /// TLS handshake perhaps not begun), asking with a line typed to a client that is never
+    /// connected: the warning lists who is. Connecting returns before the server accepts, so a
+    /// line typed for a client just after its connect may find it absent.
+    pub fn wait_addressable(&mut self, count: usize) {
+        const ABSENT: &str = "client 999999 is not connected";
+        let want = format!("({count} client");
+        let deadline = Instant::now() + TIMEOUT;
+        for asked in 1.. {
+            self.type_bytes(b"@999999 who is connected?\n");
+            let said = self.stderr.wait_nth_line(ABSENT, asked, TIMEOUT);
+            if said.contains(&want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} clients not connected after {TIMEOUT:?}: {said}"
+            );
+        }
     }
 
     /// Closes the server's stdin: the end of its input.
