@@ -93,16 +93,20 @@ enum Kind {
     Copy,
     /// The most a listener can do here at all: reads thrown away.
     Discard,
+    /// The least a listener that joins its threads does at a stop: reads thrown away, and at
+    /// SIGTERM every thread woken, its socket closed, joined.
+    Join,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::Overhear,
         Kind::Ncat,
         Kind::Socat,
         Kind::Python,
         Kind::Copy,
         Kind::Discard,
+        Kind::Join,
     ];
 
     fn name(self) -> &'static str {
@@ -115,6 +119,7 @@ impl Kind {
             Kind::Python => "python",
             Kind::Copy => "copy sink",
             Kind::Discard => "discard sink",
+            Kind::Join => "join sink",
         }
     }
 
@@ -140,7 +145,7 @@ impl Kind {
 
     /// Whether it prints what it receives at all.
     fn prints(self) -> bool {
-        self != Kind::Discard
+        !matches!(self, Kind::Discard | Kind::Join)
     }
 
     /// Whether its output can be checked line by line. The copy sink's reads end anywhere in a
@@ -270,12 +275,12 @@ impl Kind {
                 cmd.args(["127.0.0.1", &port.to_string()]);
                 cmd
             }
-            Kind::Copy | Kind::Discard => {
+            Kind::Copy | Kind::Discard | Kind::Join => {
                 let mut cmd = Command::new(std::env::current_exe().ok()?);
-                let flag = if self == Kind::Copy {
-                    "--copy-sink"
-                } else {
-                    "--discard-sink"
+                let flag = match self {
+                    Kind::Copy => "--copy-sink",
+                    Kind::Discard => "--discard-sink",
+                    _ => "--join-sink",
                 };
                 cmd.args([flag, &port.to_string()]);
                 cmd
@@ -1808,7 +1813,7 @@ struct ConcurrentRow {
 }
 
 /// `floors` holds the floor table's time for each `N` (threads on recycled stacks): each exit is
-/// also shown as a multiple of it, and of the discard sink's exit if the discard sink ran.
+/// also shown as a multiple of it, and of the discard and join sinks' exits if they ran.
 fn concurrent(kinds: &[Kind], sizes: &[usize], floors: &[(usize, Duration)], dir: &Path) {
     let mut table = Table::new(
         "concurrent: N clients connected at once, one line each, then SIGTERM",
@@ -1822,6 +1827,7 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], floors: &[(usize, Duration)], dir
             "exit after SIGTERM",
             "exit ÷ floor",
             "exit ÷ discard sink's",
+            "exit ÷ join sink's",
             "all clients EOF",
         ],
     );
@@ -1894,11 +1900,13 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], floors: &[(usize, Duration)], dir
             .iter()
             .find(|(size, _)| *size == n)
             .map_or(0.0, |(_, d)| d.as_secs_f64());
-        let discard = rows
-            .iter()
-            .find(|r| r.kind == Kind::Discard)
-            .and_then(|r| r.exit)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let exit_of = |kind: Kind| {
+            rows.iter()
+                .find(|r| r.kind == kind)
+                .and_then(|r| r.exit)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        let (discard, join) = (exit_of(Kind::Discard), exit_of(Kind::Join));
         for row in rows {
             let mut cells = vec![row.kind.name().to_string()];
             cells.extend(row.cells);
@@ -1908,6 +1916,7 @@ fn concurrent(kinds: &[Kind], sizes: &[usize], floors: &[(usize, Duration)], dir
                     row.exit.map_or("no exit in 10 s".into(), ms),
                     ratio(exit, floor),
                     ratio(exit, discard),
+                    ratio(exit, join),
                     row.eof.map_or("not all in 5 s".into(), ms),
                 ]);
             }
@@ -2440,6 +2449,67 @@ fn copy_sink(port: u16) -> ! {
     }
 }
 
+/// The floor of a stop for a listener that joins its threads: a thread per connection on
+/// overhear's recycled stacks, each polling its socket and a stop pipe and throwing what it reads
+/// away; at SIGTERM (overhear's own handler, which writes the pipe) each thread closes its
+/// socket and ends, and every one is joined before the process exits. Nothing is printed or
+/// logged, no client is numbered, no byte left in a socket is read: what is left is waking,
+/// closing and joining, the work no thread-per-connection listener can skip.
+fn join_sink(port: u16) -> ! {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let shutdown = Arc::new(overhear::Shutdown::new().expect("a stop pipe"));
+    shutdown
+        .install_signal_handler()
+        .expect("a SIGTERM handler");
+    let listener = sink_listener(port);
+    let mut stacks = Stacks::new(overhear::worker::WORKER_STACK);
+    let mut live = Vec::new();
+    loop {
+        let mut fds = [
+            PollFd::new(&listener, PollFlags::IN),
+            PollFd::new(shutdown.waker(), PollFlags::IN),
+        ];
+        // A signal interrupts the poll before its handler's thread requests the stop: accept
+        // only what the poll found.
+        let _ = poll(&mut fds, None);
+        if shutdown.is_requested() {
+            break;
+        }
+        if fds[0].revents().is_empty() {
+            continue;
+        }
+        if let Ok((stream, _)) = listener.accept() {
+            let shutdown = Arc::clone(&shutdown);
+            let spawned = stacks.spawn("join sink", move || {
+                let mut buf = vec![0u8; 4 * 1024];
+                loop {
+                    let mut fds = [
+                        PollFd::new(&stream, PollFlags::IN),
+                        PollFd::new(shutdown.waker(), PollFlags::IN),
+                    ];
+                    let _ = poll(&mut fds, None);
+                    if !fds[1].revents().is_empty()
+                        || !matches!((&stream).read(&mut buf), Ok(n) if n > 0)
+                    {
+                        break;
+                    }
+                }
+            });
+            live.extend(spawned);
+            // Threads whose clients left are joined as they go, as a listener would.
+            for thread in
+                live.extract_if(.., |t: &mut overhear::threads::Thread<()>| t.is_finished())
+            {
+                let _ = thread.join(&mut stacks);
+            }
+        }
+    }
+    for thread in live {
+        let _ = thread.join(&mut stacks);
+    }
+    std::process::exit(0)
+}
+
 fn raise_fd_limit() {
     let limit = getrlimit(Resource::Nofile);
     let _ = setrlimit(
@@ -2459,6 +2529,13 @@ fn main() {
             .and_then(|p| p.parse().ok())
             .expect("--discard-sink PORT");
         discard_sink(port);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--join-sink") {
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--join-sink PORT");
+        join_sink(port);
     }
     if let Some(i) = args.iter().position(|a| a == "--copy-sink") {
         let port = args
