@@ -45,6 +45,7 @@ fn run(args: Args) -> Result<(), Error> {
         server.route_logs(route);
     }
     server.shutdown().install_signal_handler()?;
+    server.exit_after_run();
     let summary = server.run(Sink::File(sink))?;
     if log::log_enabled!(log::Level::Info) && summary.clients > 0 {
         let _ = write!(std::io::stderr(), "{}", summary.table());

@@ -163,6 +163,8 @@ impl Workers {
     /// disconnect lines are logged for the first [`STOP_LINES`] only, then counted in one line.
     pub fn join_all(&mut self, summary: &mut Summary) -> u64 {
         let mut stopped = 0;
+        self.stacks.reserve(self.live.len());
+        summary.reserve(self.live.len());
         for handle in std::mem::take(&mut self.live) {
             stopped += u64::from(self.join_one(handle, summary));
         }
@@ -236,6 +238,8 @@ pub struct Server {
     shutdown: Shutdown,
     /// Where log records go once the output exists, if they share it.
     log_route: Option<LogRoute>,
+    /// Whether the process ends when `run` returns (see [`Server::exit_after_run`]).
+    exit_after_run: bool,
 }
 
 impl fmt::Debug for Server {
@@ -304,7 +308,16 @@ impl Server {
             config,
             shutdown,
             log_route: None,
+            exit_after_run: false,
         })
+    }
+
+    /// Says that the process ends as soon as [`run`](Server::run) returns: the workers' stacks
+    /// are then left for the kernel to free with the process, all at once, instead of being
+    /// unmapped one by one after the last join (for 10,000 stacks that took 60 to 130 ms of the
+    /// stop, each unmapping a TLB flush). A program that goes on after `run` leaves this unset.
+    pub fn exit_after_run(&mut self) {
+        self.exit_after_run = true;
     }
 
     /// Sends log records through the run's output once it starts (see [`LogRoute`]): for when
@@ -346,6 +359,7 @@ impl Server {
             config,
             shutdown,
             log_route,
+            exit_after_run,
         } = self;
         for endpoint in &endpoints {
             announce(endpoint, tls.as_deref());
@@ -549,6 +563,9 @@ impl Server {
             counted(summary.bytes, "byte"),
             counted(summary.refused, "connection")
         );
+        if exit_after_run {
+            std::mem::forget(workers);
+        }
         written.map(|()| summary)
     }
 }

@@ -77,6 +77,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Makes room for the rows of `more` clients about to be added (no more than the summary
+    /// keeps), so a stop that adds thousands does not grow the list as it goes.
+    pub fn reserve(&mut self, more: usize) {
+        let room = (ROWS_KEPT + 1).saturating_sub(self.busiest.len());
+        self.busiest.reserve(more.min(room));
+    }
+
     /// Adds a finished client's counts (and the client to the count of clients).
     pub fn add(&mut self, report: &ClientReport) {
         self.clients += 1;
