@@ -201,6 +201,21 @@ impl ClientFormat {
         out.push(b'\n');
     }
 
+    /// Whether [`ClientFormat::plain_line`] formats a whole line of plain text as
+    /// [`ClientFormat::message`] does: in text output (escaped or raw, plain text is the same).
+    pub fn formats_plain_lines(&self) -> bool {
+        self.options.format == Format::Text
+    }
+
+    /// Appends a whole message of plain text (no byte to escape, not a piece) as a line: what
+    /// [`ClientFormat::message`] appends for it, without looking at it again.
+    pub fn plain_line(&self, out: &mut Vec<u8>, line: &[u8]) {
+        self.line_start(out);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+
     /// Appends hex dump rows for `bytes`, which start at byte `offset` of this client's stream:
     /// `[N] 00000010  48 65 6c 6c 6f 0a …  |Hello.|`, 16 bytes a row.
     pub fn hex(&self, out: &mut Vec<u8>, offset: u64, bytes: &[u8]) {

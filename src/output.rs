@@ -29,6 +29,17 @@ fn all_plain(bytes: &[u8]) -> bool {
     blocks_plain && blocks.remainder().iter().all(|&b| is_plain(b))
 }
 
+/// Whether every byte of `bytes` is plain or a `\n`: whole lines that print as they are. Checked
+/// in blocks like [`all_plain`], over a whole read's lines at once.
+pub fn all_plain_lines(bytes: &[u8]) -> bool {
+    let plain = |b: u8| is_plain(b) | (b == b'\n');
+    let mut blocks = bytes.chunks_exact(32);
+    let blocks_plain = blocks
+        .by_ref()
+        .all(|block| block.iter().fold(true, |ok, &b| ok & plain(b)));
+    blocks_plain && blocks.remainder().iter().all(|&b| plain(b))
+}
+
 /// Whether `c` can hide or reorder text on a terminal although it is printable: the
 /// bidirectional controls (U+202A–U+202E, U+2066–U+2069, and the marks U+200E, U+200F, U+061C:
 /// text that displays reversed, the "Trojan Source" trick), zero-width characters (U+200B–U+200D,

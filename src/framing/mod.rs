@@ -170,6 +170,19 @@ pub enum Framer {
 }
 
 impl Framer {
+    /// See [`LineFramer::whole_lines_up_to`]; `None` for the other framings.
+    pub fn whole_lines_up_to(&self) -> Option<usize> {
+        match self {
+            Framer::Lines(framer) => framer.whole_lines_up_to(),
+            _ => None,
+        }
+    }
+
+    /// Whether it frames lines ended by `\n`: then the stream may be pushed in any pieces.
+    pub fn ends_at_newline(&self) -> bool {
+        matches!(self, Framer::Lines(framer) if framer.ends_at_newline())
+    }
+
     /// Feeds the next bytes of the stream (for `none`: one read), calling `emit` for each message
     /// or piece they complete.
     ///
@@ -233,7 +246,7 @@ impl Framer {
 /// `bytes` cut at the points `cuts` pick: any chunking of a stream, for the property tests of
 /// every kind.
 #[cfg(test)]
-fn chunked<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
+pub(crate) fn chunked<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
     let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
     points.sort_unstable();
     let mut chunks = Vec::new();
