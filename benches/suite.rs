@@ -997,6 +997,8 @@ struct Throughput {
     complete: bool,
     /// overhear's summary after its stop (`None` for other servers, or when it logged none).
     summary: Option<Summary>,
+    /// CPU time (user and system) the server used for the run, in seconds.
+    cpu: f64,
 }
 
 /// One run of `kind` listening on `listen` (TCP, TLS, or overhear on a Unix socket), its
@@ -1019,6 +1021,7 @@ fn throughput_run(kind: Kind, listen: &Listen, lines: usize, dir: &Path) -> Opti
     } else {
         printed
     };
+    let cpu_before = server.cpu_seconds();
     let start = Instant::now();
     let senders: Vec<_> = (0..THROUGHPUT_CLIENTS)
         .map(|c| {
@@ -1053,6 +1056,7 @@ fn throughput_run(kind: Kind, listen: &Listen, lines: usize, dir: &Path) -> Opti
     for stream in &mut streams {
         let _ = stream.wait_close(TLS_STEP_LIMIT);
     }
+    let cpu = server.cpu_seconds() - cpu_before;
     drop(streams);
     let summary = if kind.is_overhear() {
         server.terminate(Duration::from_secs(10));
@@ -1080,6 +1084,7 @@ fn throughput_run(kind: Kind, listen: &Listen, lines: usize, dir: &Path) -> Opti
         sent: raw,
         complete,
         summary,
+        cpu,
     })
 }
 
@@ -1184,6 +1189,7 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
             "misattributed",
             "overhear vs this",
             "this as % of copy sink",
+            "server CPU s per GB",
             "each round MB/s",
         ],
     );
@@ -1263,6 +1269,15 @@ fn throughput(kinds: &[Kind], mib: usize, rounds: usize, dir: &Path) {
             },
             ratio(ours, mb_s(results)),
             percent,
+            format!(
+                "{:.2}",
+                median(
+                    &mut results
+                        .iter()
+                        .map(|r| r.cpu / (r.sent as f64 / 1e9))
+                        .collect::<Vec<_>>()
+                )
+            ),
             results
                 .iter()
                 .map(|r| format!("{:.0}", r.mb_s))
