@@ -1143,6 +1143,30 @@ mod tests {
             assert_eq!((messages, unhanded), (6, 6));
             assert_eq!(framer.whole_lines_up_to(), None, "\"end\" is held");
         }
+
+        #[test]
+        fn a_line_cut_at_the_end_of_a_read_goes_on_in_the_next() {
+            let format = format(Format::Text, Style::Escaped, false);
+            let mut framer = Framing::Lines.framer(5);
+            let (mut lines, mut messages, mut unhanded) = (Vec::new(), 0, 0);
+            // Two whole pieces, nothing held: the next read's first line still continues it.
+            for chunk in [&b"abcdefghij"[..], b"xy\nzz\n"] {
+                frame_text(
+                    &mut framer,
+                    &format,
+                    chunk,
+                    &mut messages,
+                    &mut unhanded,
+                    &mut lines,
+                )
+                .expect("lines");
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&lines),
+                "[3] abcde\n[3+] fghij\n[3+] xy\n[3] zz\n"
+            );
+            assert_eq!(messages, 2);
+        }
     }
 
     #[test]

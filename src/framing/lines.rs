@@ -79,12 +79,11 @@ impl LineFramer {
         self.continued = false;
     }
 
-    /// The longest line it hands out whole, when it ends lines at `\n` and holds nothing of an
-    /// unfinished message: then a `\n`-ended line of printable text no longer than that is one
-    /// message, exactly as sent (no `\r` to drop), whatever came before.
+    /// The longest message it hands out whole, when it holds nothing of an unfinished one: then
+    /// a delimited line of printable text no longer than that is one message, exactly as sent
+    /// (no `\r` to drop), whatever came before.
     pub fn whole_lines_up_to(&self) -> Option<usize> {
-        (self.delimiter == b'\n' && self.pending.is_empty() && !self.continued)
-            .then_some(self.max_line)
+        (self.pending.is_empty() && !self.continued).then_some(self.max_line)
     }
 
     /// Whether messages end at `\n`.
