@@ -9,14 +9,20 @@
 //! the discard sink reads and throws away (the most a listener can do here at all); the copy sink
 //! appends each 256 KiB read raw, with one `write_all`, to the same output file, opened once with
 //! O_APPEND (the most a listener that stores every byte can do here). Its output has no framing
-//! and no client numbers, so only its bytes are counted, not its lines.
+//! and no client numbers, so only its bytes are counted, not its lines. The join sink is a thread
+//! per connection on overhear's recycled stacks that throws its reads away and, at SIGTERM,
+//! wakes every thread, closes its socket and joins it: the least a listener that joins its
+//! threads does at a stop.
 //!
 //! Beside the usual "overhear vs this" ratio, the throughput table gives each server's MB/s as a
-//! percentage of the copy sink's, and a line under it overhear's against socat and the copy sink.
+//! percentage of the copy sink's, each server's CPU time per GB received, and a line under it
+//! overhear's against socat and the copy sink.
 //! The floor table (bare threads on overhear's recycled stacks, woken by one pipe write and
 //! joined) is measured first, so the concurrent table can give each server's exit after SIGTERM
 //! as a multiple of the floor for the same N, and of the discard sink's exit (a process whose
-//! threads are simply killed) when the discard sink is among the peers.
+//! threads are simply killed) and the join sink's when they are among the peers. The latency
+//! scenario pools 5 rounds (the servers in turn within each), gives each round's p99 and
+//! overhear's p99 against the best peer's.
 //!
 //! Two more scenarios: `udp` (8 senders of 100-byte datagrams as fast as they can for 5 s, to
 //! overhear `-u`, `socat -u UDP-RECV` and `ncat -u -l`: sent, received, loss, received/s, the
@@ -37,7 +43,7 @@
 //! Run: `cargo bench --bench suite` (all scenarios), or name some:
 //! `cargo bench --bench suite -- throughput churn concurrent latency udp unix tls framing`.
 //! Options: `--peers overhear,copy,socat` limits the servers (and sets their order; the sinks are
-//! `copy` and `discard`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
+//! `copy`, `discard` and `join`); `--clients 1000,5000,10000` sets the concurrent sizes; `--mib 64` the
 //! throughput volume per client (also in `unix`, `tls` and `framing`); `--rounds 3` how many
 //! throughput runs each figure is the median of (also in `unix`, `tls` and `framing`), and how
 //! many latency rounds are pooled (5 unless given); `--dir DIR`

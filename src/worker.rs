@@ -1186,6 +1186,61 @@ mod tests {
     /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
     /// a lost wake-up still ends the worker).
     #[test]
+    fn bytes_in_the_socket_when_the_stop_comes_are_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        let (stream, peer) = listener.accept().expect("accept");
+        stream.set_nonblocking(true).expect("non-blocking");
+        client.write_all(b"late line\n").expect("send");
+        let mut fds = [Fd::new(&stream, Flags::IN)];
+        assert_eq!(
+            poll::wait(&mut fds, Duration::from_secs(10)).expect("poll"),
+            1,
+            "the line never arrived"
+        );
+        // The stop is requested before the worker first polls: that poll sees the stop and the
+        // bytes together, and the bytes are still read.
+        let shutdown = Shutdown::new().expect("pipe");
+        shutdown.request(crate::shutdown::StopReason::Signal);
+        let settings = WorkerSettings {
+            poll_interval: Duration::from_secs(60),
+            idle_timeout: None,
+            max_line: 1024,
+            output: OutputOptions::default(),
+            echo: false,
+            framing: Framing::Lines,
+            telnet: false,
+            greeting: None,
+        };
+        let output = Output::new(
+            crate::output::Sink::Writer(Box::new(io::sink())),
+            shutdown.clone(),
+        );
+        let shared = Shared {
+            shutdown: shutdown.clone(),
+            output,
+            large_reads: LargeReads::default(),
+            listening: None,
+        };
+        let worker = Worker::new(
+            ClientId::new(1),
+            Peer::ip(peer),
+            Connection::Tcp(stream),
+            (Spec::Tcp(addr), false),
+            settings,
+            shared,
+            Arc::default(),
+        );
+        let mut stacks = Stacks::new(WORKER_STACK);
+        let handle = WorkerHandle::spawn(worker, &mut stacks).expect("spawn");
+        let report = handle.join(&mut stacks).expect("no panic");
+        assert!(matches!(report.end, End::Stopped), "{:?}", report.end);
+        assert_eq!((report.totals.messages, report.totals.bytes), (1, 10));
+        drop(client);
+    }
+
+    #[test]
     fn a_worker_whose_stop_flag_is_set_ends_within_a_poll_interval() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
