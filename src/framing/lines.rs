@@ -79,11 +79,12 @@ impl LineFramer {
         self.continued = false;
     }
 
-    /// The longest message it hands out whole, when it holds nothing of an unfinished one: then
-    /// a delimited line of printable text no longer than that is one message, exactly as sent
-    /// (no `\r` to drop), whatever came before.
+    /// The longest message it hands out whole, when it holds nothing of an unfinished one (a
+    /// message handed out in pieces always leaves its last bytes held until its end): then a
+    /// delimited line of printable text no longer than that is one message, exactly as sent (no
+    /// `\r` to drop), whatever came before.
     pub fn whole_lines_up_to(&self) -> Option<usize> {
-        (self.pending.is_empty() && !self.continued).then_some(self.max_line)
+        self.pending.is_empty().then_some(self.max_line)
     }
 
     /// Whether messages end at `\n`.
