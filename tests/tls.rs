@@ -369,10 +369,8 @@ fn failed_and_stalled_handshakes_are_the_clients_own() {
         "client 2: TLS handshake failed: no handshake within 1s 500ms (--tls-handshake-timeout)",
         TIMEOUT,
     );
-    server.wait_stderr(
-        "client 201: TLS handshake failed: no handshake within",
-        TIMEOUT,
-    );
+    // Every stalled one, whatever the order their timeouts are logged in under load.
+    server.wait_stderr_nth("TLS handshake failed: no handshake within", 200, TIMEOUT);
     drop(stalled);
     let finished = server.stop(Signal::TERM);
     finished.assert_stderr_has("201 TLS handshakes failed");

@@ -424,6 +424,11 @@ impl Spawned {
         self.stderr.wait_line(needle, timeout)
     }
 
+    /// Waits for the `nth` stderr line containing `needle` (counting from 1) and returns it.
+    pub fn wait_stderr_nth(&self, needle: &str, nth: usize, timeout: Duration) -> String {
+        self.stderr.wait_nth_line(needle, nth, timeout)
+    }
+
     /// Waits for a stdout line containing `needle` and returns it.
     pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
         self.stdout_capture().wait_line(needle, timeout)
