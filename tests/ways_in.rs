@@ -48,7 +48,9 @@ fn unix_clients_are_numbered_and_named_by_their_process() {
     if installed("logger") {
         run_program("logger", &["-u", &path, "one record"], b"");
         let line = server.wait_stderr("client 4 connected from pid ", TIMEOUT);
-        assert!(line.contains(", logger)"), "{line}");
+        // logger sends and exits at once: under load it can be gone before overhear reads its
+        // name, which is then left out (seen once in 6 suite runs under stress-ng).
+        assert!(line.contains(", logger)") || !line.contains(", "), "{line}");
         server.wait_stdout("one record", TIMEOUT);
     }
     let finished = server.stop(Signal::TERM);
