@@ -1185,6 +1185,45 @@ mod tests {
     /// The per-worker stop flag works on its own: with no write to the stop pipe, a worker whose
     /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
     /// a lost wake-up still ends the worker).
+    /// A worker for client 1 on the accepted `stream`, printing to nowhere.
+    fn worker_on(
+        stream: std::net::TcpStream,
+        peer: std::net::SocketAddr,
+        addr: std::net::SocketAddr,
+        shutdown: &Shutdown,
+        poll_interval: Duration,
+    ) -> Worker {
+        let settings = WorkerSettings {
+            poll_interval,
+            idle_timeout: None,
+            max_line: 1024,
+            output: OutputOptions::default(),
+            echo: false,
+            framing: Framing::Lines,
+            telnet: false,
+            greeting: None,
+        };
+        let output = Output::new(
+            crate::output::Sink::Writer(Box::new(io::sink())),
+            shutdown.clone(),
+        );
+        let shared = Shared {
+            shutdown: shutdown.clone(),
+            output,
+            large_reads: LargeReads::default(),
+            listening: None,
+        };
+        Worker::new(
+            ClientId::new(1),
+            Peer::ip(peer),
+            Connection::Tcp(stream),
+            (Spec::Tcp(addr), false),
+            settings,
+            shared,
+            Arc::default(),
+        )
+    }
+
     #[test]
     fn bytes_in_the_socket_when_the_stop_comes_are_read() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1203,35 +1242,7 @@ mod tests {
         // bytes together, and the bytes are still read.
         let shutdown = Shutdown::new().expect("pipe");
         shutdown.request(crate::shutdown::StopReason::Signal);
-        let settings = WorkerSettings {
-            poll_interval: Duration::from_secs(60),
-            idle_timeout: None,
-            max_line: 1024,
-            output: OutputOptions::default(),
-            echo: false,
-            framing: Framing::Lines,
-            telnet: false,
-            greeting: None,
-        };
-        let output = Output::new(
-            crate::output::Sink::Writer(Box::new(io::sink())),
-            shutdown.clone(),
-        );
-        let shared = Shared {
-            shutdown: shutdown.clone(),
-            output,
-            large_reads: LargeReads::default(),
-            listening: None,
-        };
-        let worker = Worker::new(
-            ClientId::new(1),
-            Peer::ip(peer),
-            Connection::Tcp(stream),
-            (Spec::Tcp(addr), false),
-            settings,
-            shared,
-            Arc::default(),
-        );
+        let worker = worker_on(stream, peer, addr, &shutdown, Duration::from_secs(60));
         let mut stacks = Stacks::new(WORKER_STACK);
         let handle = WorkerHandle::spawn(worker, &mut stacks).expect("spawn");
         let report = handle.join(&mut stacks).expect("no panic");
@@ -1248,35 +1259,7 @@ mod tests {
         let (stream, peer) = listener.accept().expect("accept");
         stream.set_nonblocking(true).expect("non-blocking");
         let shutdown = Shutdown::new().expect("pipe");
-        let settings = WorkerSettings {
-            poll_interval: Duration::from_millis(50),
-            idle_timeout: None,
-            max_line: 1024,
-            output: OutputOptions::default(),
-            echo: false,
-            framing: Framing::Lines,
-            telnet: false,
-            greeting: None,
-        };
-        let output = Output::new(
-            crate::output::Sink::Writer(Box::new(io::sink())),
-            shutdown.clone(),
-        );
-        let shared = Shared {
-            shutdown: shutdown.clone(),
-            output,
-            large_reads: LargeReads::default(),
-            listening: None,
-        };
-        let worker = Worker::new(
-            ClientId::new(1),
-            Peer::ip(peer),
-            Connection::Tcp(stream),
-            (Spec::Tcp(addr), false),
-            settings,
-            shared,
-            Arc::default(),
-        );
+        let worker = worker_on(stream, peer, addr, &shutdown, Duration::from_millis(50));
         let mut stacks = Stacks::new(WORKER_STACK);
         let handle = WorkerHandle::spawn(worker, &mut stacks).expect("spawn");
         handle.stop();
