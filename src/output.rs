@@ -495,6 +495,8 @@ mod tests {
         assert_eq!(escaped(b"\x1b[2J\x07"), "\\x1b[2J\\x07");
         assert_eq!(escaped(b"a\rb\x08\x00\x7f"), "a\\x0db\\x08\\x00\\x7f");
         assert_eq!(escaped("\u{9b}31m".as_bytes()), "\\xc2\\x9b31m");
+        // A tab passes through raw beside escaped bytes too, not only in a plain message.
+        assert_eq!(escaped(b"a\tb\x07"), "a\tb\\x07");
     }
 
     #[test]
@@ -799,6 +801,8 @@ mod tests {
                 prop_assert!(text.is_ok(), "escaped output is UTF-8");
                 let text = text.unwrap_or_default();
                 prop_assert!(!text.chars().any(|c| (c.is_control() && c != '\t') || hides_text(c)));
+                let tabs = |b: &[u8]| b.iter().filter(|&&b| b == b'\t').count();
+                prop_assert_eq!(tabs(&out), tabs(&bytes), "tabs pass through raw");
                 prop_assert_eq!(unescape(&out), Ok(bytes));
             }
         }
