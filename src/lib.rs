@@ -45,6 +45,7 @@ mod poll;
 pub mod server;
 pub mod shutdown;
 pub mod summary;
+mod sync;
 pub mod talk;
 pub mod threads;
 pub mod worker;

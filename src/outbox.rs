@@ -173,9 +173,7 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding this lock leaves the queue consistent (every change is one
         // push or pop): go on with it.
-        self.queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.queue)
     }
 
     /// Queues a typed message, unless the client's queue has no room for it.
@@ -320,9 +318,7 @@ impl Bell {
     }
 
     fn lock(&self) -> MutexGuard<'_, Arc<Pipe>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.current)
     }
 
     /// The pipe to poll; take it before looking at the outbox.

@@ -1,12 +1,13 @@
 //! Output: the escaping that keeps client bytes from driving a terminal, and the shared, locked
 //! sink every worker writes its formatted lines to.
 
+use crate::sync::lock;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -216,12 +217,6 @@ struct Pending {
 
 /// Batches a writer writes before it hands the role to a waiting worker.
 const WRITER_ROUNDS: usize = 8;
-
-/// Locks `mutex`, using the data even if a thread panicked while holding it: lines are appended
-/// or taken whole, so a panic cannot leave them torn.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 impl Output {
     /// Output to `sink`. A failed write requests a stop through `shutdown` (a reader that went

@@ -572,7 +572,7 @@ impl Server {
 
 /// Adds the reports of UDP sources that ended by their silence to the summary.
 fn take_silent(silent: &Mutex<Vec<ClientReport>>, summary: &mut Summary) {
-    let reports = std::mem::take(&mut *silent.lock().unwrap_or_else(|p| p.into_inner()));
+    let reports = std::mem::take(&mut *crate::sync::lock(silent));
     for report in &reports {
         summary.add(report);
     }

@@ -119,9 +119,7 @@ pub struct Clients(Arc<Mutex<BTreeMap<u64, Arc<Outbox>>>>);
 
 impl Clients {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Outbox>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// Adds the outbox of a client whose worker starts.

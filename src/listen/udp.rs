@@ -469,10 +469,7 @@ impl Receiver {
             let source = self.sources.remove(&from).expect("listed");
             let report = self.end(source, End::Silent(silence));
             report.log();
-            self.ended
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(report);
+            crate::sync::lock(&self.ended).push(report);
         }
     }
 

@@ -19,13 +19,14 @@
 //! (the standard library's overflow message needs a signal stack per thread, the cost this
 //! module avoids).
 
+use crate::sync::lock;
 use std::ffi::{CString, c_void};
 use std::io;
 use std::mem::MaybeUninit;
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 
@@ -161,12 +162,6 @@ impl<T> Drop for Thread<T> {
             unsafe { libc::pthread_detach(self.id) };
         }
     }
-}
-
-/// Locks `mutex`, using the data even if a thread panicked while holding it: the outcome is
-/// put in or taken out whole.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a new thread starts with: its name, its body, and where to leave the outcome.
