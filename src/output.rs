@@ -541,6 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn typing_escapes_are_read_and_a_bad_one_is_placed() {
+        assert_eq!(
+            unescape(b"tab\\tcr\\rnl\\n\\\\\\x41").as_deref(),
+            Ok(&b"tab\tcr\rnl\n\\A"[..])
+        );
+        assert_eq!(unescape(b"ab\\q"), Err(2));
+        assert_eq!(unescape(b"\\x4"), Err(0));
+        assert_eq!(unescape(b"x\\"), Err(1));
+    }
+
+    #[test]
     fn escaping_round_trips() {
         let samples: [&[u8]; 5] = [
             b"plain",
