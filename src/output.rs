@@ -654,6 +654,9 @@ mod tests {
         });
         let held = lock(&output.shared.state).lines.len();
         assert!(held >= PENDING_LIMIT, "waiting with room left: {held}");
+        // Room for a megabyte of lines before anyone waits: a pipe reader's pause of a few
+        // milliseconds must not stall the workers.
+        assert!(held >= 1 << 20, "workers waited at {held} bytes pending");
         assert!(held < PENDING_LIMIT + 100 * 300, "{held} bytes pending");
         gated.open();
         for thread in threads {
