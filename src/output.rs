@@ -672,6 +672,29 @@ mod tests {
     }
 
     #[test]
+    fn an_attached_log_route_writes_each_record_once_through_the_output() {
+        let gated = Gated::default();
+        gated.open();
+        let output = Output::new(
+            Sink::Writer(Box::new(gated.clone())),
+            Shutdown::new().expect("pipe"),
+        );
+        let route = LogRoute::default();
+        route.attach(&output);
+        let mut writer = route.clone();
+        let record = b"2026-01-01T00:00:00Z INFO  a log record\n";
+        writer.write_all(record).expect("a record taken whole");
+        writer.flush().expect("flushed");
+        output.write(b"[1] data\n", 1);
+        assert_eq!(
+            lock(&gated.written).as_slice(),
+            [&record[..], b"[1] data\n"].concat()
+        );
+        // A log record is no client's message.
+        assert_eq!(output.unwritten(), 0);
+    }
+
+    #[test]
     fn lines_stay_whole_and_ordered_through_many_hand_offs() {
         const WORKERS: usize = 8;
         let gated = Gated::default();
