@@ -1182,14 +1182,28 @@ mod tests {
         assert!(reads.take().is_some());
     }
 
-    /// The per-worker stop flag works on its own: with no write to the stop pipe, a worker whose
-    /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
-    /// a lost wake-up still ends the worker).
     /// A worker for client 1 on the accepted `stream`, printing to nowhere.
     fn worker_on(
         stream: std::net::TcpStream,
         peer: std::net::SocketAddr,
         addr: std::net::SocketAddr,
+        shutdown: &Shutdown,
+        poll_interval: Duration,
+    ) -> Worker {
+        worker_for(
+            Connection::Tcp(stream),
+            Peer::ip(peer),
+            Spec::Tcp(addr),
+            shutdown,
+            poll_interval,
+        )
+    }
+
+    /// A worker for client 1 on `conn`, printing to nowhere.
+    fn worker_for(
+        conn: Connection,
+        peer: Peer,
+        spec: Spec,
         shutdown: &Shutdown,
         poll_interval: Duration,
     ) -> Worker {
@@ -1215,13 +1229,85 @@ mod tests {
         };
         Worker::new(
             ClientId::new(1),
-            Peer::ip(peer),
-            Connection::Tcp(stream),
-            (Spec::Tcp(addr), false),
+            peer,
+            conn,
+            (spec, false),
             settings,
             shared,
             Arc::default(),
         )
+    }
+
+    /// A client that fills its small buffer is read in larger pieces: at once in
+    /// [`READ_CHUNK`], then in twice the last full read, but only with one of the
+    /// [`LARGE_READERS`] shares; once it goes quiet, the worker keeps the small buffer alone.
+    #[test]
+    fn read_buffers_grow_with_a_sender_and_shrink_when_it_goes_quiet() {
+        use std::os::unix::net::UnixStream;
+        // A Unix socket pair: what one end writes is readable at the other when the write
+        // returns, and so is its shutdown, so every read below sees all that was sent.
+        // `last` bytes are sent before the end; then the buffer and the shares taken are seen.
+        let run = |shares_left: bool, last: usize| {
+            let (mut client, server) = UnixStream::pair().expect("a socket pair");
+            server.set_nonblocking(true).expect("non-blocking");
+            let shutdown = Shutdown::new().expect("pipe");
+            let mut worker = worker_for(
+                Connection::Unix(server),
+                Peer::Local(None),
+                Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+                &shutdown,
+                Duration::from_secs(60),
+            );
+            let others: Vec<_> = if shares_left {
+                Vec::new()
+            } else {
+                (0..LARGE_READERS)
+                    .map(|_| worker.large_reads.take().expect("a share"))
+                    .collect()
+            };
+            let taken = |worker: &Worker| worker.large_reads.taken() - others.len();
+            assert!(
+                worker.buf.is_empty(),
+                "a client that never sent holds no buffer"
+            );
+
+            client.write_all(b"one line\n").expect("send");
+            assert!(worker.read_available().expect("read").is_none());
+            assert_eq!(worker.buf.len(), QUIET_CHUNK);
+
+            // Fills the small buffer, then one of READ_CHUNK; the next read finds none left.
+            let burst = vec![b'x'; QUIET_CHUNK + READ_CHUNK];
+            client.write_all(&burst).expect("send");
+            assert!(worker.read_available().expect("read").is_none());
+            assert_eq!(
+                worker.buf.len(),
+                QUIET_CHUNK,
+                "quiet again: the small buffer"
+            );
+            assert_eq!(
+                worker.lines.capacity(),
+                0,
+                "formatted lines kept while quiet"
+            );
+            assert_eq!(taken(&worker), 0, "a share kept while quiet");
+
+            // Then the end: the last read finds it, not a quiet socket, so the buffer the reads
+            // grew to is still there to see.
+            client.write_all(&burst[..last]).expect("send");
+            client
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+            let end = worker.read_available().expect("read");
+            assert!(matches!(end, Some(End::Closed)), "{end:?}");
+            assert_eq!(worker.bytes, (9 + burst.len() + last) as u64);
+            (worker.buf.len(), taken(&worker))
+        };
+        // A small buffer filled: READ_CHUNK at once, no share needed.
+        assert_eq!(run(true, QUIET_CHUNK + 100), (READ_CHUNK, 0));
+        // READ_CHUNK filled: twice that, with a share.
+        assert_eq!(run(true, QUIET_CHUNK + READ_CHUNK), (2 * READ_CHUNK, 1));
+        // No share left: it stays at READ_CHUNK.
+        assert_eq!(run(false, QUIET_CHUNK + READ_CHUNK), (READ_CHUNK, 0));
     }
 
     #[test]
@@ -1251,6 +1337,9 @@ mod tests {
         drop(client);
     }
 
+    /// The per-worker stop flag works on its own: with no write to the stop pipe, a worker whose
+    /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
+    /// a lost wake-up still ends the worker).
     #[test]
     fn a_worker_whose_stop_flag_is_set_ends_within_a_poll_interval() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
