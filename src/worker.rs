@@ -1250,6 +1250,10 @@ mod tests {
         let run = |shares_left: bool, last: usize| {
             let (mut client, server) = UnixStream::pair().expect("a socket pair");
             server.set_nonblocking(true).expect("non-blocking");
+            // Room for the largest burst at once (the default is 8 KiB on some systems).
+            socket2::SockRef::from(&client)
+                .set_send_buffer_size(1 << 20)
+                .expect("send buffer");
             let shutdown = Shutdown::new().expect("pipe");
             let mut worker = worker_for(
                 Connection::Unix(server),
@@ -1276,8 +1280,10 @@ mod tests {
             assert_eq!(worker.buf.len(), QUIET_CHUNK);
 
             // Fills the small buffer, then one of READ_CHUNK; the next read finds none left.
-            let burst = vec![b'x'; QUIET_CHUNK + READ_CHUNK];
-            client.write_all(&burst).expect("send");
+            let burst = vec![b'x'; QUIET_CHUNK + 3 * READ_CHUNK];
+            client
+                .write_all(&burst[..QUIET_CHUNK + READ_CHUNK])
+                .expect("send");
             assert!(worker.read_available().expect("read").is_none());
             assert_eq!(
                 worker.buf.len(),
@@ -1299,13 +1305,18 @@ mod tests {
                 .expect("shutdown");
             let end = worker.read_available().expect("read");
             assert!(matches!(end, Some(End::Closed)), "{end:?}");
-            assert_eq!(worker.bytes, (9 + burst.len() + last) as u64);
+            assert_eq!(worker.bytes, (9 + QUIET_CHUNK + READ_CHUNK + last) as u64);
             (worker.buf.len(), taken(&worker))
         };
         // A small buffer filled: READ_CHUNK at once, no share needed.
         assert_eq!(run(true, QUIET_CHUNK + 100), (READ_CHUNK, 0));
         // READ_CHUNK filled: twice that, with a share.
         assert_eq!(run(true, QUIET_CHUNK + READ_CHUNK), (2 * READ_CHUNK, 1));
+        // A read that does not fill the buffer grows nothing.
+        assert_eq!(
+            run(true, QUIET_CHUNK + READ_CHUNK + READ_CHUNK * 3 / 2),
+            (2 * READ_CHUNK, 1)
+        );
         // No share left: it stays at READ_CHUNK.
         assert_eq!(run(false, QUIET_CHUNK + READ_CHUNK), (READ_CHUNK, 0));
     }
