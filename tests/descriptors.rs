@@ -172,14 +172,43 @@ fn running_out_of_descriptors_backs_off_and_recovers() {
     server.wait("1 message, 11 bytes");
 }
 
+/// A soft limit on open files below what the clients need, under a hard limit that allows it:
+/// overhear raises its soft limit at start, so all the clients are served.
+#[test]
+fn a_low_soft_limit_on_open_files_is_raised_to_the_hard_one() {
+    const CLIENTS: usize = 100;
+    // Only the soft limit: the hard one stays as it was (far above 64 here and on CI).
+    let mut server = Limited::start("ulimit -S -n 64 && exec");
+    let addr = server.addr();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let client = connect(addr);
+        let line = server.wait_any(&[&connected(&client), "cannot accept"]);
+        assert!(
+            !line.contains("cannot accept"),
+            "client {} of {CLIENTS} refused: {line}",
+            clients.len() + 1
+        );
+        clients.push(client);
+    }
+    // Each client is served end to end, the last one too.
+    let last = clients.last_mut().expect("clients");
+    send(last, b"the last one\n");
+    last.shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    server.wait("1 message, 13 bytes");
+}
+
 #[test]
 fn running_out_of_threads_refuses_only_the_clients_without_one() {
     // The thread limit (RLIMIT_NPROC) does not bind root, so overhear runs as a user id no one
-    // else uses (the limit counts all of that user's threads), with 5 threads in all: its main
-    // thread, the signal thread, and room for 3 workers.
-    let mut server = Limited::start(
-        "exec prlimit --nproc=5 setpriv --reuid=4000000 --regid=4000000 --clear-groups",
-    );
+    // else uses (the limit counts all of that user's threads, so another test run at the same
+    // time takes another one), with 5 threads in all: its main thread, the signal thread, and
+    // room for 3 workers.
+    let id = 4_000_000 + std::process::id();
+    let mut server = Limited::start(&format!(
+        "exec prlimit --nproc=5 setpriv --reuid={id} --regid={id} --clear-groups"
+    ));
     let addr = server.addr();
     const NO_THREAD: &str = "cannot start a thread: a limit on threads is reached";
     let mut served: Vec<TcpStream> = Vec::new();
