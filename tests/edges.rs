@@ -332,7 +332,9 @@ fn a_blocked_stderr_does_not_delay_the_timer() {
 
 /// A pipe holding one page, which the test never reads.
 fn blocked_pipe() -> (OwnedFd, OwnedFd) {
-    let (read, write) = rustix::pipe::pipe().expect("a pipe");
+    // std's pipe is closed on exec, so no other test's child holds an end.
+    let (read, write) = std::io::pipe().expect("a pipe");
+    let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
     // SAFETY: F_SETPIPE_SZ takes an int and touches no memory.
     let rc = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
     assert!(rc > 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
@@ -438,14 +440,16 @@ fn the_run_ends_when_the_reader_of_stdout_leaves() {
 fn stderr_and_stdout_in_one_pipe_keep_every_line_whole() {
     const CLIENTS: usize = 8;
     const LINES: usize = 3_000;
-    let (read, write) = rustix::pipe::pipe().expect("a pipe");
+    // std's pipe is closed on exec: a child of another test that held the write end would keep
+    // this reader from ever seeing the end.
+    let (read, write) = std::io::pipe().expect("a pipe");
     let write2 = write.try_clone().expect("dup");
     let mut server = Launched::start(
         &["--duration", "0", "-v", "--poll-interval", "1h"],
         Stdio::from(write),
         Stdio::from(write2),
     );
-    let stream = read_all_on_thread(std::fs::File::from(read));
+    let stream = read_all_on_thread(std::fs::File::from(OwnedFd::from(read)));
     let addr = server.addr;
     let senders: Vec<_> = (0..CLIENTS)
         .map(|c| {
