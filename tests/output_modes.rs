@@ -755,6 +755,31 @@ fn progress_shows_time_left() {
     finished.assert_success();
 }
 
+/// `--progress 1s` over a run of 2.5 s: a line after each second and none at the start, so
+/// exactly two, counting down.
+#[test]
+fn progress_lines_come_once_an_interval_and_not_at_the_start() {
+    let output = run_to_end(&[
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--duration",
+        "2500ms",
+        "--progress",
+        "1s",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let left: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.split_once("0 clients connected, 0 served so far; stopping in "))
+        .map(|(_, left)| left)
+        .collect();
+    assert_eq!(left.len(), 2, "{stderr}");
+    assert_ne!(left[0], left[1], "the time left did not change: {stderr}");
+}
+
 #[test]
 fn completions_and_man() {
     let text = |args: &[&str]| {
