@@ -23,8 +23,8 @@ use rustix::process::{Pid, kill_process};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::common::{
-    LONG_TIMEOUT, Signal, Spawned, TIMEOUT, assert_no_panic, connect, expect_eof, send,
-    thread_names, wait_threads,
+    LONG_TIMEOUT, Rng, Signal, Spawned, TIMEOUT, assert_no_panic, connect, expect_eof, fresh_seed,
+    send, thread_names, wait_threads,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -542,6 +542,57 @@ fn half_close_prints_everything_then_closes() {
         server.wait_stdout_lines(2, TIMEOUT),
         ["[1] a", "[1] b"],
         "the line left unfinished by the half-close is printed"
+    );
+    server.stop(Signal::TERM).assert_success();
+}
+
+/// `--echo` to a client that reads slowly: the echo waits for room in the client's socket many
+/// times, and every byte comes back in order. With an hour between polls, only the socket's
+/// room can wake the worker to send the rest.
+#[test]
+fn echo_to_a_slow_reader_returns_every_byte() {
+    // More than the server's socket buffer can hold (4 MiB at most, by default).
+    const TOTAL: usize = 8 << 20;
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    // Lines of random printable bytes and lengths, the last one unfinished.
+    let data: Vec<u8> = (0..TOTAL)
+        .map(|_| match rng.next() % 64 {
+            0 => b'\n',
+            r => b' ' + (r as u8 + (rng.next() % 32) as u8),
+        })
+        .collect();
+    let mut server = Spawned::start(&["--echo", "--poll-interval", "1h"]);
+    let mut client = server.connect_numbered(1);
+    client
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    // A small window, so the echo finds the socket full early and often.
+    SockRef::from(&client)
+        .set_recv_buffer_size(16 * 1024)
+        .expect("receive buffer");
+    let mut writer = client.try_clone().expect("a second handle");
+    let sent = data.clone();
+    // No half-close: the client's end would wake the worker too. Only room can.
+    let sender = thread::spawn(move || writer.write_all(&sent).expect("send"));
+    let mut echoed = Vec::with_capacity(TOTAL);
+    let mut piece = [0; 4096];
+    while echoed.len() < TOTAL {
+        match client.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => echoed.extend_from_slice(&piece[..n]),
+            Err(err) => panic!(
+                "seed {seed}: {} of {TOTAL} bytes echoed, then {err}",
+                echoed.len()
+            ),
+        }
+        // A slow reader: the server's sends meet a full socket again and again.
+        thread::sleep(Duration::from_micros(200));
+    }
+    sender.join().expect("the sender");
+    assert!(
+        echoed == data,
+        "seed {seed}: the echo differs from what was sent"
     );
     server.stop(Signal::TERM).assert_success();
 }

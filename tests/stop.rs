@@ -26,7 +26,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-use crate::common::{Finished, LONG_TIMEOUT, Signal, Spawned, TIMEOUT, unacknowledged};
+use crate::common::{
+    Finished, LONG_TIMEOUT, Rng, Signal, Spawned, TIMEOUT, fresh_seed, unacknowledged,
+};
 
 const SEED_VAR: &str = "OVERHEAR_STOP_SEED";
 const ROUNDS_VAR: &str = "OVERHEAR_STOP_ROUNDS";
@@ -199,13 +201,6 @@ fn run(scale: &Scale, rounds: usize) -> Tally {
     tally
 }
 
-fn fresh_seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    Rng(nanos ^ u64::from(std::process::id()) << 32).next()
-}
-
 /// Prints its text if dropped while the test panics.
 struct Label(String);
 
@@ -214,40 +209,6 @@ impl Drop for Label {
         if thread::panicking() {
             eprintln!("--- random stop test: {} ---", self.0);
         }
-    }
-}
-
-/// SplitMix64: small and seedable; plenty for picking plans.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-
-    fn size(&mut self, low: usize, high: usize) -> usize {
-        self.range(low as u64, high as u64) as usize
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(self.range(low, high))
-    }
-
-    fn percent(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.next() as usize % items.len()]
     }
 }
 
