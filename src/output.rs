@@ -785,6 +785,32 @@ mod tests {
     }
 
     #[test]
+    fn lines_handed_on_count_with_the_new_writers_own_when_its_write_fails() {
+        struct Fails;
+        impl Write for Fails {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::StorageFull.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let output = Output::new(
+            Sink::Writer(Box::new(Fails)),
+            Shutdown::new().expect("pipe"),
+        );
+        // As a writer leaves them when it hands the role on: lines pending, nobody writing.
+        {
+            let mut state = lock(&output.shared.state);
+            state.lines.extend_from_slice(b"a\nb\n");
+            state.messages = 2;
+        }
+        output.write(b"own\n", 1);
+        assert_eq!(output.unwritten(), 3);
+        assert!(lock(&output.shared.state).lines.is_empty());
+    }
+
+    #[test]
     fn regular_files_on_local_file_systems_are_written_directly() {
         let dir = std::env::temp_dir();
         let path = dir.join(format!("overhear-direct-{}", std::process::id()));
