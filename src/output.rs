@@ -784,6 +784,49 @@ mod tests {
         assert_eq!(output.unwritten(), 6);
     }
 
+    /// A writer with lines pending after each batch and nobody waiting for room writes them all
+    /// itself: handing the role on with nobody to take it would strand them.
+    #[test]
+    fn a_writer_keeps_the_role_while_nobody_waits() {
+        const ROUNDS: usize = 3 * WRITER_ROUNDS;
+        /// Records what it is given; each write brings one more line, as a busy worker would.
+        struct Feeding {
+            output: Arc<OnceLock<Output>>,
+            written: Arc<Mutex<Vec<u8>>>,
+            fed: usize,
+        }
+        impl Write for Feeding {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                lock(&self.written).extend_from_slice(bytes);
+                if self.fed < ROUNDS {
+                    self.fed += 1;
+                    let line = format!("line {}\n", self.fed);
+                    self.output.get().expect("set").write(line.as_bytes(), 1);
+                }
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let slot = Arc::new(OnceLock::new());
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let output = Output::new(
+            Sink::Writer(Box::new(Feeding {
+                output: Arc::clone(&slot),
+                written: Arc::clone(&written),
+                fed: 0,
+            })),
+            Shutdown::new().expect("pipe"),
+        );
+        assert!(slot.set(output.clone()).is_ok());
+        output.write(b"line 0\n", 1);
+        let expected: String = (0..=ROUNDS).map(|k| format!("line {k}\n")).collect();
+        assert_eq!(String::from_utf8_lossy(&lock(&written)), expected);
+        let state = lock(&output.shared.state);
+        assert!(state.lines.is_empty() && !state.writing);
+    }
+
     #[test]
     fn lines_handed_on_count_with_the_new_writers_own_when_its_write_fails() {
         struct Fails;
