@@ -854,6 +854,16 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_fails_is_reported_not_retried() {
+        // Open for reading only: every write fails at once (EBADF), neither interrupted nor
+        // waiting for room.
+        let file = File::open(std::env::current_exe().expect("the test binary")).expect("open");
+        let err = write_once(&file, b"line\n").expect_err("a write to a read-only file");
+        assert_ne!(err.kind(), io::ErrorKind::Interrupted);
+        write_file(&file, b"line\n").expect_err("a write to a read-only file");
+    }
+
+    #[test]
     fn regular_files_on_local_file_systems_are_written_directly() {
         let dir = std::env::temp_dir();
         let path = dir.join(format!("overhear-direct-{}", std::process::id()));
