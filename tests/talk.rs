@@ -11,8 +11,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    LONG_TIMEOUT, Netcat, Signal, Spawned, TIMEOUT, bin, connect, decode_base64, installed,
-    netcat_available, send,
+    LONG_TIMEOUT, Netcat, Rng, Signal, Spawned, TIMEOUT, bin, connect, decode_base64, fresh_seed,
+    installed, netcat_available, send,
 };
 
 /// The bytes received so far and whether EOF came, with the condition that signals a change.
@@ -293,6 +293,57 @@ fn the_greeting_comes_first() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("starts no escape"), "{stderr}");
+}
+
+/// Typed messages to a client that reads slowly through a small window: the socket takes each
+/// message in pieces, and every byte arrives, in order (random lines, seeded).
+#[test]
+fn typed_messages_reach_a_slow_reader_whole_and_in_order() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let mut server = Spawned::start_typing(&["--stdin", "always"]);
+    let mut slow = {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(&server.addr().into()).expect("connect");
+        TcpStream::from(socket)
+    };
+    server.wait_stderr("client 1 connected from ", TIMEOUT);
+    // Under the client's queue bound (1 MiB), so nothing may be dropped.
+    let mut typed = Vec::new();
+    let mut expected = Vec::new();
+    while expected.len() < 600 * 1024 {
+        let len = rng.size(1, 8000);
+        let text: Vec<u8> = (0..len).map(|_| b'a' + (rng.next() % 26) as u8).collect();
+        typed.extend_from_slice(b"@1 ");
+        typed.extend_from_slice(&text);
+        typed.push(b'\n');
+        expected.extend_from_slice(&text);
+        expected.push(b'\n');
+    }
+    server.type_bytes(&typed);
+    slow.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    let mut received = Vec::with_capacity(expected.len());
+    let mut piece = [0; 4096];
+    while received.len() < expected.len() {
+        match slow.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&piece[..n]),
+            Err(err) => panic!(
+                "seed {seed}: {} of {} bytes received, then {err}",
+                received.len(),
+                expected.len()
+            ),
+        }
+        thread::sleep(Duration::from_micros(100));
+    }
+    assert!(
+        received == expected,
+        "seed {seed}: the client received other bytes than were typed"
+    );
+    let finished = server.stop(Signal::TERM);
+    assert!(!finished.stderr.contains("dropped"), "{finished}");
 }
 
 /// A client that reads nothing while 50 MB are addressed to it: the other client gets its
