@@ -1348,6 +1348,69 @@ mod tests {
         drop(client);
     }
 
+    /// A chunk the socket takes in pieces is sent to its end, from where each piece stopped:
+    /// none counted whole early, none sent twice (random sizes, a small send buffer).
+    #[test]
+    fn chunks_taken_in_pieces_are_sent_whole_and_in_order() {
+        use std::os::unix::net::UnixStream;
+        let (mut client, server) = UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("send buffer");
+        let shutdown = Shutdown::new().expect("pipe");
+        let mut worker = worker_for(
+            Connection::Unix(server),
+            Peer::Local(None),
+            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+            &shutdown,
+            Duration::from_secs(60),
+        );
+        let mut expected = Vec::new();
+        let mut x: u32 = 0x2545_f491;
+        for _ in 0..20 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let chunk: Vec<u8> = (0..(x % 50_000) as usize + 1)
+                .map(|i| b'a' + ((i as u32 ^ x) % 26) as u8)
+                .collect();
+            worker.outbox.push_echo(&chunk);
+            expected.extend_from_slice(&chunk);
+        }
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut received = Vec::new();
+        let mut piece = vec![0; 8192];
+        let mut partial = false;
+        while received.len() < expected.len() {
+            worker.send();
+            partial |= worker
+                .sending
+                .as_ref()
+                .is_some_and(|(_, offset)| *offset > 0);
+            let n = client.read(&mut piece).expect("the rest never came");
+            received.extend_from_slice(&piece[..n]);
+        }
+        worker.send();
+        assert!(
+            partial,
+            "no chunk was taken in pieces: the test shows nothing"
+        );
+        assert!(received == expected, "other bytes than were queued");
+        assert_eq!(worker.sent, expected.len() as u64);
+        assert!(worker.sending.is_none() && !worker.outbox.is_ready());
+        // A client gone: the write fails, and sending ends rather than waiting for room.
+        drop(client);
+        worker.outbox.push_echo(b"to nobody\n");
+        worker.send();
+        assert!(
+            worker.cannot_send,
+            "a failed write was taken for a full socket"
+        );
+    }
+
     /// The per-worker stop flag works on its own: with no write to the stop pipe, a worker whose
     /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
     /// a lost wake-up still ends the worker).
