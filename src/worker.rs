@@ -1411,6 +1411,42 @@ mod tests {
         );
     }
 
+    /// What is still queued when a client closes its side is sent before the connection
+    /// closes, though the socket takes it in many pieces.
+    #[test]
+    fn what_is_queued_at_the_end_is_sent_before_the_close() {
+        use std::os::unix::net::UnixStream;
+        let (mut client, server) = UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("send buffer");
+        let shutdown = Shutdown::new().expect("pipe");
+        let mut worker = worker_for(
+            Connection::Unix(server),
+            Peer::Local(None),
+            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+            &shutdown,
+            Duration::from_secs(60),
+        );
+        let queued: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 23) as u8).collect();
+        worker.outbox.push_echo(&queued);
+        let reader = std::thread::spawn(move || {
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("read timeout");
+            let mut received = Vec::new();
+            // To the end of the connection (or a timeout, which the comparison then shows).
+            let _ = client.read_to_end(&mut received);
+            received
+        });
+        worker.send_rest(false);
+        drop(worker);
+        let received = reader.join().expect("the reader");
+        assert_eq!(received.len(), queued.len());
+        assert!(received == queued, "other bytes than were queued");
+    }
+
     /// The per-worker stop flag works on its own: with no write to the stop pipe, a worker whose
     /// flag is set ends within one poll interval (the listener sets it beside the pipe write, so
     /// a lost wake-up still ends the worker).
