@@ -1411,6 +1411,42 @@ mod tests {
         );
     }
 
+    /// A chunk the socket took only part of wakes its worker when room comes, with nothing
+    /// else to wake it (no bytes from the client, an hour between polls).
+    #[test]
+    fn a_pending_chunk_wakes_its_worker_when_room_comes() {
+        use std::os::unix::net::UnixStream;
+        let (mut client, server) = UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("send buffer");
+        let shutdown = Shutdown::new().expect("pipe");
+        let mut worker = worker_for(
+            Connection::Unix(server),
+            Peer::Local(None),
+            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+            &shutdown,
+            Duration::from_secs(3600),
+        );
+        worker.outbox.push_echo(&[b'x'; 200_000]);
+        worker.send();
+        assert!(worker.sending.is_some(), "the socket took all of it");
+        // Room: the client reads what the socket holds.
+        client.set_nonblocking(true).expect("non-blocking");
+        let mut piece = vec![0; 1 << 20];
+        let mut read = 0;
+        while let Ok(n) = client.read(&mut piece) {
+            read += n;
+        }
+        assert!(read > 0, "nothing was sent");
+        let wake = worker.wait(Duration::from_secs(10)).expect("poll");
+        assert!(
+            matches!(wake, Wake::Outgoing),
+            "room did not wake the worker"
+        );
+    }
+
     /// What is still queued when a client closes its side is sent before the connection
     /// closes, though the socket takes it in many pieces.
     #[test]
