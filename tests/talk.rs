@@ -316,7 +316,7 @@ fn typed_messages_reach_a_slow_reader_whole_and_in_order() {
     let mut expected = Vec::new();
     while expected.len() < 600 * 1024 {
         // Mostly lines a socket takes whole, now and then one it takes in many pieces.
-        let len = if rng.next() % 8 == 0 {
+        let len = if rng.next().is_multiple_of(8) {
             rng.size(50_000, 150_000)
         } else {
             rng.size(1, 8000)
