@@ -755,6 +755,17 @@ fn progress_shows_time_left() {
     finished.assert_success();
 }
 
+/// `-v` says how many bytes each wake read from a client.
+#[test]
+fn verbose_logs_the_bytes_each_read_took() {
+    let mut server = Spawned::start(&["-v"]);
+    let mut client = server.connect_numbered(1);
+    send(&mut client, b"hello\n");
+    server.wait_stdout("[1] hello", TIMEOUT);
+    server.wait_stderr("client 1: read 6 bytes", TIMEOUT);
+    server.stop(Signal::TERM).assert_success();
+}
+
 /// `--progress 1s` over a run of 2.5 s: a line after each second and none at the start, so
 /// exactly two, counting down.
 #[test]
