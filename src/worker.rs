@@ -1447,6 +1447,32 @@ mod tests {
         );
     }
 
+    /// A queued message wakes its worker at once; once sending has failed, nothing queued
+    /// does (the worker would spin on it).
+    #[test]
+    fn queued_messages_wake_at_once_unless_sending_has_failed() {
+        use std::os::unix::net::UnixStream;
+        let (_client, server) = UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        let shutdown = Shutdown::new().expect("pipe");
+        let mut worker = worker_for(
+            Connection::Unix(server),
+            Peer::Local(None),
+            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+            &shutdown,
+            Duration::from_secs(3600),
+        );
+        worker.outbox.push_echo(b"queued\n");
+        let wake = worker.wait(Duration::from_secs(10)).expect("poll");
+        assert!(matches!(wake, Wake::Outgoing), "a queued message waited");
+        worker.cannot_send = true;
+        let wake = worker.wait(Duration::from_millis(50)).expect("poll");
+        assert!(
+            matches!(wake, Wake::Timeout),
+            "woken for what cannot be sent"
+        );
+    }
+
     /// What is still queued when a client closes its side is sent before the connection
     /// closes, though the socket takes it in many pieces.
     #[test]
