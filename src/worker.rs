@@ -1473,6 +1473,43 @@ mod tests {
         );
     }
 
+    /// An echo waits behind what is already queued for the client, though the socket has room
+    /// for it.
+    #[test]
+    fn an_echo_waits_behind_what_is_already_on_its_way() {
+        use std::os::unix::net::UnixStream;
+        let (mut client, server) = UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        let shutdown = Shutdown::new().expect("pipe");
+        let mut worker = worker_for(
+            Connection::Unix(server),
+            Peer::Local(None),
+            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+            &shutdown,
+            Duration::from_secs(3600),
+        );
+        // Queued, not sent yet (a typed message, say), while the socket has room.
+        worker.outbox.push_echo(&[b'a'; 100_000]);
+        let mut received = Vec::new();
+        let mut piece = vec![0; 1 << 20];
+        worker.buf = b"b\n".to_vec();
+        worker.echo(2);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        while received.len() < 100_002 {
+            worker.send();
+            let n = client.read(&mut piece).expect("the rest never came");
+            received.extend_from_slice(&piece[..n]);
+        }
+        let mut expected = vec![b'a'; 100_000];
+        expected.extend_from_slice(b"b\n");
+        assert!(
+            received == expected,
+            "the echo overtook what was on its way"
+        );
+    }
+
     /// What is still queued when a client closes its side is sent before the connection
     /// closes, though the socket takes it in many pieces.
     #[test]
