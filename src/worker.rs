@@ -1238,30 +1238,45 @@ mod tests {
         )
     }
 
+    /// A worker for client 1 on one end of a Unix socket pair, the client's end returned with
+    /// it: what one end writes is readable at the other when the write returns. `send_buffer`
+    /// makes the worker's end small, so the socket takes big chunks in pieces.
+    fn paired_worker(
+        send_buffer: Option<usize>,
+        shutdown: &Shutdown,
+    ) -> (std::os::unix::net::UnixStream, Worker) {
+        let (client, server) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        if let Some(size) = send_buffer {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(size)
+                .expect("send buffer");
+        }
+        let worker = worker_for(
+            Connection::Unix(server),
+            Peer::Local(None),
+            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
+            shutdown,
+            Duration::from_secs(3600),
+        );
+        (client, worker)
+    }
+
     /// A client that fills its small buffer is read in larger pieces: at once in
     /// [`READ_CHUNK`], then in twice the last full read, but only with one of the
     /// [`LARGE_READERS`] shares; once it goes quiet, the worker keeps the small buffer alone.
     #[test]
     fn read_buffers_grow_with_a_sender_and_shrink_when_it_goes_quiet() {
-        use std::os::unix::net::UnixStream;
         // A Unix socket pair: what one end writes is readable at the other when the write
         // returns, and so is its shutdown, so every read below sees all that was sent.
         // `last` bytes are sent before the end; then the buffer and the shares taken are seen.
         let run = |shares_left: bool, last: usize| {
-            let (mut client, server) = UnixStream::pair().expect("a socket pair");
-            server.set_nonblocking(true).expect("non-blocking");
+            let shutdown = Shutdown::new().expect("pipe");
+            let (mut client, mut worker) = paired_worker(None, &shutdown);
             // Room for the largest burst at once (the default is 8 KiB on some systems).
             socket2::SockRef::from(&client)
                 .set_send_buffer_size(1 << 20)
                 .expect("send buffer");
-            let shutdown = Shutdown::new().expect("pipe");
-            let mut worker = worker_for(
-                Connection::Unix(server),
-                Peer::Local(None),
-                Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
-                &shutdown,
-                Duration::from_secs(60),
-            );
             let others: Vec<_> = if shares_left {
                 Vec::new()
             } else {
@@ -1352,20 +1367,8 @@ mod tests {
     /// none counted whole early, none sent twice (random sizes, a small send buffer).
     #[test]
     fn chunks_taken_in_pieces_are_sent_whole_and_in_order() {
-        use std::os::unix::net::UnixStream;
-        let (mut client, server) = UnixStream::pair().expect("a socket pair");
-        server.set_nonblocking(true).expect("non-blocking");
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .expect("send buffer");
         let shutdown = Shutdown::new().expect("pipe");
-        let mut worker = worker_for(
-            Connection::Unix(server),
-            Peer::Local(None),
-            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
-            &shutdown,
-            Duration::from_secs(60),
-        );
+        let (mut client, mut worker) = paired_worker(Some(4096), &shutdown);
         let mut expected = Vec::new();
         let mut x: u32 = 0x2545_f491;
         for _ in 0..20 {
@@ -1415,20 +1418,8 @@ mod tests {
     /// else to wake it (no bytes from the client, an hour between polls).
     #[test]
     fn a_pending_chunk_wakes_its_worker_when_room_comes() {
-        use std::os::unix::net::UnixStream;
-        let (mut client, server) = UnixStream::pair().expect("a socket pair");
-        server.set_nonblocking(true).expect("non-blocking");
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .expect("send buffer");
         let shutdown = Shutdown::new().expect("pipe");
-        let mut worker = worker_for(
-            Connection::Unix(server),
-            Peer::Local(None),
-            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
-            &shutdown,
-            Duration::from_secs(3600),
-        );
+        let (mut client, mut worker) = paired_worker(Some(4096), &shutdown);
         worker.outbox.push_echo(&[b'x'; 200_000]);
         worker.send();
         assert!(worker.sending.is_some(), "the socket took all of it");
@@ -1451,17 +1442,8 @@ mod tests {
     /// does (the worker would spin on it).
     #[test]
     fn queued_messages_wake_at_once_unless_sending_has_failed() {
-        use std::os::unix::net::UnixStream;
-        let (_client, server) = UnixStream::pair().expect("a socket pair");
-        server.set_nonblocking(true).expect("non-blocking");
         let shutdown = Shutdown::new().expect("pipe");
-        let mut worker = worker_for(
-            Connection::Unix(server),
-            Peer::Local(None),
-            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
-            &shutdown,
-            Duration::from_secs(3600),
-        );
+        let (_client, mut worker) = paired_worker(None, &shutdown);
         worker.outbox.push_echo(b"queued\n");
         let wake = worker.wait(Duration::from_secs(10)).expect("poll");
         assert!(matches!(wake, Wake::Outgoing), "a queued message waited");
@@ -1477,17 +1459,8 @@ mod tests {
     /// for it.
     #[test]
     fn an_echo_waits_behind_what_is_already_on_its_way() {
-        use std::os::unix::net::UnixStream;
-        let (mut client, server) = UnixStream::pair().expect("a socket pair");
-        server.set_nonblocking(true).expect("non-blocking");
         let shutdown = Shutdown::new().expect("pipe");
-        let mut worker = worker_for(
-            Connection::Unix(server),
-            Peer::Local(None),
-            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
-            &shutdown,
-            Duration::from_secs(3600),
-        );
+        let (mut client, mut worker) = paired_worker(None, &shutdown);
         // Queued, not sent yet (a typed message, say), while the socket has room.
         worker.outbox.push_echo(&[b'a'; 100_000]);
         let mut received = Vec::new();
@@ -1514,20 +1487,8 @@ mod tests {
     /// closes, though the socket takes it in many pieces.
     #[test]
     fn what_is_queued_at_the_end_is_sent_before_the_close() {
-        use std::os::unix::net::UnixStream;
-        let (mut client, server) = UnixStream::pair().expect("a socket pair");
-        server.set_nonblocking(true).expect("non-blocking");
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .expect("send buffer");
         let shutdown = Shutdown::new().expect("pipe");
-        let mut worker = worker_for(
-            Connection::Unix(server),
-            Peer::Local(None),
-            Spec::Unix(crate::listen::UnixPath::Abstract("test".into())),
-            &shutdown,
-            Duration::from_secs(60),
-        );
+        let (mut client, mut worker) = paired_worker(Some(4096), &shutdown);
         let queued: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 23) as u8).collect();
         worker.outbox.push_echo(&queued);
         let reader = std::thread::spawn(move || {
