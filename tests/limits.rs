@@ -546,9 +546,10 @@ fn half_close_prints_everything_then_closes() {
     server.stop(Signal::TERM).assert_success();
 }
 
-/// `--echo` to a client that reads slowly: the echo waits for room in the client's socket many
-/// times, and every byte comes back in order. With an hour between polls, only the socket's
-/// room can wake the worker to send the rest.
+/// `--echo` to a client that reads slowly, 4 KiB at a time: every byte comes back in order, with
+/// an hour between polls. (On loopback the server's socket buffer grows to hold what the client
+/// has not read yet, so the echo rarely waits for room here; the worker's unit tests make a
+/// socket take chunks in pieces.)
 #[test]
 fn echo_to_a_slow_reader_returns_every_byte() {
     // More than the server's socket buffer can hold (4 MiB at most, by default).
@@ -567,7 +568,7 @@ fn echo_to_a_slow_reader_returns_every_byte() {
     client
         .set_read_timeout(Some(TIMEOUT))
         .expect("read timeout");
-    // A small window, so the echo finds the socket full early and often.
+    // A small window on the client's side.
     SockRef::from(&client)
         .set_recv_buffer_size(16 * 1024)
         .expect("receive buffer");

@@ -295,13 +295,14 @@ fn the_greeting_comes_first() {
     assert!(stderr.contains("starts no escape"), "{stderr}");
 }
 
-/// Typed messages to a client that reads slowly through a small window: the socket takes each
-/// message in pieces, and every byte arrives, in order (random lines, seeded).
+/// Typed messages to a client that reads slowly through a small window, some of them 50–150
+/// KiB: every byte arrives, in order (random lines, seeded). (On loopback the server's socket
+/// buffer grows to hold them; the worker's unit tests make a socket take chunks in pieces.)
 #[test]
 fn typed_messages_reach_a_slow_reader_whole_and_in_order() {
     let seed = fresh_seed();
     let mut rng = Rng(seed);
-    // With an hour between polls, only room in the socket wakes the worker to send the rest.
+    // An hour between polls: no timer wake-up hides a message left unsent.
     let mut server = Spawned::start_typing(&["--stdin", "always", "--poll-interval", "1h"]);
     let mut slow = {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -315,7 +316,7 @@ fn typed_messages_reach_a_slow_reader_whole_and_in_order() {
     let mut typed = Vec::new();
     let mut expected = Vec::new();
     while expected.len() < 600 * 1024 {
-        // Mostly lines a socket takes whole, now and then one it takes in many pieces.
+        // Mostly short lines, now and then a long one.
         let len = if rng.next().is_multiple_of(8) {
             rng.size(50_000, 150_000)
         } else {
