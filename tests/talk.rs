@@ -295,6 +295,16 @@ fn the_greeting_comes_first() {
     assert!(stderr.contains("starts no escape"), "{stderr}");
 }
 
+/// A client of `server` with a 4 KiB receive buffer, set before it connects so the window it
+/// offers is small from the start.
+fn small_window_client(server: &Spawned) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&server.addr().into()).expect("connect");
+    TcpStream::from(socket)
+}
+
 /// Typed messages to a client that reads slowly through a small window, some of them 50–150
 /// KiB: every byte arrives, in order (random lines, seeded). (On loopback the server's socket
 /// buffer grows to hold them; the worker's unit tests make a socket take chunks in pieces.)
@@ -304,13 +314,7 @@ fn typed_messages_reach_a_slow_reader_whole_and_in_order() {
     let mut rng = Rng(seed);
     // An hour between polls: no timer wake-up hides a message left unsent.
     let mut server = Spawned::start_typing(&["--stdin", "always", "--poll-interval", "1h"]);
-    let mut slow = {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        socket.connect(&server.addr().into()).expect("connect");
-        TcpStream::from(socket)
-    };
+    let mut slow = small_window_client(&server);
     server.wait_stderr("client 1 connected from ", TIMEOUT);
     // Under the client's queue bound (1 MiB), so nothing may be dropped.
     let mut typed = Vec::new();
@@ -359,13 +363,7 @@ fn typed_messages_reach_a_slow_reader_whole_and_in_order() {
 #[test]
 fn a_client_that_does_not_read_has_a_bounded_queue() {
     let mut server = Spawned::start_typing(&["--stdin", "always"]);
-    let deaf = {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        socket.connect(&server.addr().into()).expect("connect");
-        TcpStream::from(socket)
-    };
+    let deaf = small_window_client(&server);
     server.wait_stderr("client 1 connected from ", TIMEOUT);
     let (_reader, reads) = client(&server, 2);
     let line = format!("@1 {}\n", "x".repeat(1000));
