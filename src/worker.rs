@@ -1066,6 +1066,28 @@ mod tests {
             (lines, messages, unhanded)
         }
 
+        /// What `frame_text` makes of `chunks`, read one after the other: the formatted text, the
+        /// messages and the messages not handed over; `framer` keeps what is held.
+        fn framed_text(
+            framer: &mut Framer,
+            format: &ClientFormat,
+            chunks: &[&[u8]],
+        ) -> (Vec<u8>, u64, u64) {
+            let (mut lines, mut messages, mut unhanded) = (Vec::new(), 0, 0);
+            for chunk in chunks {
+                frame_text(
+                    framer,
+                    format,
+                    chunk,
+                    &mut messages,
+                    &mut unhanded,
+                    &mut lines,
+                )
+                .expect("lines");
+            }
+            (lines, messages, unhanded)
+        }
+
         /// Mostly printable lines, with CRs, other bytes and long lines now and then; in half
         /// the cases printable lines only, which the fast path takes whole.
         fn stream() -> impl Strategy<Value = Vec<u8>> {
@@ -1121,21 +1143,11 @@ mod tests {
         fn takes_whole_plain_lines_and_leaves_the_rest_to_the_framer() {
             let format = format(Format::Text, Style::Escaped, false);
             let mut framer = Framing::Lines.framer(10);
-            let (mut lines, mut messages, mut unhanded) = (Vec::new(), 0, 0);
-            for chunk in [
-                &b"one\ntwo\nthr"[..],
-                b"ee\nfour\n\x01\nlong line here\nend",
-            ] {
-                frame_text(
-                    &mut framer,
-                    &format,
-                    chunk,
-                    &mut messages,
-                    &mut unhanded,
-                    &mut lines,
-                )
-                .expect("lines");
-            }
+            let (lines, messages, unhanded) = framed_text(
+                &mut framer,
+                &format,
+                &[b"one\ntwo\nthr", b"ee\nfour\n\x01\nlong line here\nend"],
+            );
             assert_eq!(
                 String::from_utf8_lossy(&lines),
                 "[3] one\n[3] two\n[3] three\n[3] four\n[3] \\x01\n[3] long line \n[3+] here\n"
@@ -1148,19 +1160,9 @@ mod tests {
         fn a_line_cut_at_the_end_of_a_read_goes_on_in_the_next() {
             let format = format(Format::Text, Style::Escaped, false);
             let mut framer = Framing::Lines.framer(5);
-            let (mut lines, mut messages, mut unhanded) = (Vec::new(), 0, 0);
             // Two whole pieces, nothing held: the next read's first line still continues it.
-            for chunk in [&b"abcdefghij"[..], b"xy\nzz\n"] {
-                frame_text(
-                    &mut framer,
-                    &format,
-                    chunk,
-                    &mut messages,
-                    &mut unhanded,
-                    &mut lines,
-                )
-                .expect("lines");
-            }
+            let (lines, messages, _) =
+                framed_text(&mut framer, &format, &[b"abcdefghij", b"xy\nzz\n"]);
             assert_eq!(
                 String::from_utf8_lossy(&lines),
                 "[3] abcde\n[3+] fghij\n[3+] xy\n[3] zz\n"
