@@ -254,7 +254,8 @@ pub struct Worker {
     /// yet.
     draining: bool,
     owed: u64,
-    /// Time spent handing the owed bytes' lines to the output; the drain limit leaves it out.
+    /// Time spent after the stop handing the owed bytes' lines to the output; the drain limit
+    /// leaves it out.
     output_wait: Duration,
     /// Messages formatted into `lines` since the last hand-over.
     unhanded: u64,
@@ -790,19 +791,27 @@ impl Worker {
         }
     }
 
-    /// Writes the formatted lines out (blocking while the output is slow). During the drain,
-    /// while bytes are owed, the time this takes is left out of the drain limit.
+    /// Writes the formatted lines out (blocking while the output is slow). The time this takes
+    /// after the stop, while bytes are owed (or before the drain has begun, when every byte in
+    /// the socket will be), is left out of the drain limit.
     fn hand_over(&mut self) {
         if self.lines.is_empty() && self.unhanded == 0 {
             return;
         }
-        let began = (self.draining && self.owed > 0).then(Instant::now);
+        let began = (!self.draining || self.owed > 0).then(Instant::now);
         self.output.write(&self.lines, self.unhanded);
         self.lines.clear();
         self.unhanded = 0;
-        if let Some(began) = began {
-            self.output_wait += began.elapsed();
+        if let (Some(began), Some(stop)) = (began, self.shutdown.requested_at()) {
+            // A wait the stop came in the middle of counts from the stop.
+            self.output_wait += began.max(stop).elapsed();
         }
+    }
+
+    /// Whether the client was streaming when last heard: it sent at least [`READ_CHUNK`] in
+    /// reads no more than [`RECENTLY`] apart, the last of them less than [`RECENTLY`] ago.
+    fn streaming(&self) -> bool {
+        self.heard.elapsed() < RECENTLY && self.burst >= READ_CHUNK
     }
 
     /// Whether [`DRAIN_LIMIT`] of the client's time has passed since the stop.
@@ -826,7 +835,7 @@ impl Worker {
         // update that Linux sends with a delayed ACK (40 ms or more later) or that crosses the
         // network. Only such a client gets a grace period on the first look; one that was idle,
         // or sent a line or two, ends at once.
-        let streaming = self.heard.elapsed() < RECENTLY && self.burst >= READ_CHUNK;
+        let streaming = self.streaming();
         if quiet && !streaming && !self.conn.has_buffered() {
             // Nothing owed and no grace: no need to ask the socket again (at a stop of 10,000
             // idle clients, the three system calls that would ask took a tenth of the stop).
@@ -1482,6 +1491,241 @@ mod tests {
         assert!(
             received == expected,
             "the echo overtook what was on its way"
+        );
+    }
+
+    /// A client counts as streaming (and gets the drain's grace at a stop) after a burst of
+    /// at least [`READ_CHUNK`], however it was cut into reads; after a silence longer than
+    /// [`RECENTLY`] it does not, and its next burst counts from nothing.
+    #[test]
+    fn a_client_streams_after_a_recent_burst_only() {
+        let shutdown = Shutdown::new().expect("pipe");
+        let (mut client, mut worker) = paired_worker(None, &shutdown);
+        // Read as QUIET_CHUNK, READ_CHUNK and the last 10 bytes: the last read alone is small.
+        let burst = QUIET_CHUNK + READ_CHUNK + 10;
+        client.write_all(&vec![b'a'; burst]).expect("send");
+        worker.read_available().expect("read");
+        assert_eq!(worker.bytes, burst as u64);
+        assert!(worker.streaming(), "not streaming after {burst} bytes");
+        worker.heard = Instant::now() - 2 * RECENTLY;
+        assert!(!worker.streaming(), "streaming after a silence");
+        client.write_all(b"x\n").expect("send");
+        worker.read_available().expect("read");
+        assert_eq!(worker.burst, 2, "the burst before the silence was counted");
+        assert!(!worker.streaming(), "streaming after one line");
+    }
+
+    /// A burst is read whole in one wake; while too much echo waits for the client to read,
+    /// only one piece is, so a client that does not read its echo is slowed.
+    #[test]
+    fn while_too_much_echo_waits_one_piece_is_read_per_wake() {
+        let shutdown = Shutdown::new().expect("pipe");
+        let (mut client, mut worker) = paired_worker(None, &shutdown);
+        client.write_all(&[b'a'; 20_000]).expect("send");
+        worker.read_available().expect("read");
+        assert_eq!(worker.bytes, 20_000, "a burst was read in several wakes");
+        worker
+            .outbox
+            .push_echo(&vec![b'e'; crate::outbox::ECHO_HOLD + 1]);
+        assert!(worker.echo_held());
+        client.write_all(&[b'b'; 20_000]).expect("send");
+        worker.read_available().expect("read");
+        assert_eq!(
+            worker.bytes,
+            (20_000 + QUIET_CHUNK) as u64,
+            "read on while the echo was held"
+        );
+    }
+
+    /// The time a hand-over waits for a slow output is left out of the drain limit from the
+    /// stop on, while the drain has not begun or bytes are owed; not before the stop, and not
+    /// once the owed bytes are handed over.
+    #[test]
+    fn output_waits_are_left_out_of_the_drain_limit_while_bytes_are_owed() {
+        const PAUSE: Duration = Duration::from_millis(20);
+        struct Slow;
+        impl Write for Slow {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(PAUSE);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let shutdown = Shutdown::new().expect("pipe");
+        let (_client, mut worker) = paired_worker(None, &shutdown);
+        worker.output = Output::new(
+            crate::output::Sink::Writer(Box::new(Slow)),
+            shutdown.clone(),
+        );
+        let hand_over = |worker: &mut Worker| {
+            worker.lines.extend_from_slice(b"[1] x\n");
+            worker.unhanded = 1;
+            worker.hand_over();
+            worker.output_wait
+        };
+        assert_eq!(hand_over(&mut worker), Duration::ZERO, "before the stop");
+        shutdown.request(crate::shutdown::StopReason::Signal);
+        let stopped = hand_over(&mut worker);
+        assert!(stopped >= PAUSE, "after the stop, before the drain");
+        worker.draining = true;
+        worker.owed = 10;
+        let owed = hand_over(&mut worker);
+        assert!(owed >= stopped + PAUSE, "while bytes are owed");
+        worker.owed = 0;
+        assert_eq!(hand_over(&mut worker), owed, "with nothing owed");
+    }
+
+    /// Past the drain limit, what is owed is still read whole; once nothing is owed, a read
+    /// ends the wake, so the drain looks at the limit again (and cuts the client off).
+    #[test]
+    fn past_the_drain_limit_only_owed_bytes_are_read_on() {
+        let shutdown = Shutdown::new().expect("pipe");
+        let (mut client, mut worker) = paired_worker(None, &shutdown);
+        shutdown.request(crate::shutdown::StopReason::Signal);
+        std::thread::sleep(DRAIN_LIMIT);
+        worker.draining = true;
+        assert!(worker.past_drain_limit());
+        client.write_all(&[b'a'; 20_000]).expect("send");
+        worker.owed = 20_000;
+        worker.read_available().expect("read");
+        assert_eq!(worker.bytes, 20_000, "owed bytes left unread");
+        worker.buf = vec![0; QUIET_CHUNK];
+        client.write_all(&[b'b'; 20_000]).expect("send");
+        worker.read_available().expect("read");
+        assert_eq!(
+            worker.bytes,
+            (20_000 + QUIET_CHUNK) as u64,
+            "read on past the limit with nothing owed"
+        );
+    }
+
+    /// A TLS session whose encrypted bytes wait for room, when the client is gone: the flush
+    /// fails, and sending ends rather than waiting for room that never comes.
+    #[test]
+    fn a_failed_tls_flush_ends_sending() {
+        use crate::listen::tls::{Identity, Tls, TlsOptions};
+        use rustls::pki_types::pem::PemObject;
+        let shutdown = Shutdown::new().expect("pipe");
+        let cert =
+            std::env::temp_dir().join(format!("overhear-worker-tls-{}.pem", std::process::id()));
+        let options = TlsOptions {
+            identity: Identity::Generated {
+                cert_out: Some(cert.clone()),
+            },
+            ..TlsOptions::default()
+        };
+        let tls = Tls::build(&options, &[[127, 0, 0, 1].into()]).expect("TLS");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (stream, peer) = listener.accept().expect("accept");
+        stream.set_nonblocking(true).expect("non-blocking");
+        socket2::SockRef::from(&stream)
+            .set_send_buffer_size(4096)
+            .expect("send buffer");
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(4096)
+            .expect("receive buffer");
+        let conn = Connection::Tls(Box::new(tls.accept(stream).expect("a session")));
+        let mut worker = worker_for(
+            conn,
+            Peer::ip(peer),
+            Spec::Tcp(addr),
+            &shutdown,
+            Duration::from_secs(3600),
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::CertificateDer::pem_file_iter(&cert).expect("the cert") {
+            roots.add(der.expect("PEM")).expect("trusted");
+        }
+        let _ = std::fs::remove_file(&cert);
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let session = rustls::ClientConnection::new(Arc::new(config), name).expect("session");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let handshake = std::thread::spawn(move || {
+            let mut stream = rustls::StreamOwned::new(session, client);
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("the client's handshake");
+            stream
+        });
+        worker
+            .conn
+            .handshake(shutdown.waker())
+            .expect("a TLS connection")
+            .expect("the server's handshake");
+        let client = handshake.join().expect("the client");
+        worker.outbox.push_echo(&vec![b'x'; 1 << 20]);
+        worker.send();
+        assert!(
+            worker.conn.wants_write() && !worker.cannot_send,
+            "no encrypted bytes wait for room"
+        );
+        // Closed with bytes unread: the client's kernel resets the connection.
+        drop(client);
+        worker.send();
+        assert!(
+            worker.cannot_send,
+            "a failed flush was taken for a full socket"
+        );
+    }
+
+    /// An echo the socket takes at once is counted as sent, byte for byte.
+    #[test]
+    fn an_echo_sent_at_once_is_counted() {
+        let shutdown = Shutdown::new().expect("pipe");
+        let (mut client, mut worker) = paired_worker(None, &shutdown);
+        worker.buf = b"echo me\nand me\n".to_vec();
+        worker.echo(8);
+        assert!(!worker.outbox.is_ready(), "the echo was queued, not sent");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut got = [0; 8];
+        client.read_exact(&mut got).expect("the echo");
+        assert_eq!(&got, b"echo me\n");
+        assert_eq!(worker.sent, 8);
+    }
+
+    /// With `--telnet`, a client's negotiation is refused (`DO` is answered `WONT`) and taken
+    /// out of its message; once sending has failed, no answer is queued.
+    #[test]
+    fn telnet_negotiation_is_answered_unless_sending_has_failed() {
+        const IAC: u8 = 255;
+        const DO: u8 = 253;
+        const WONT: u8 = 252;
+        let shutdown = Shutdown::new().expect("pipe");
+        let (mut client, mut worker) = paired_worker(None, &shutdown);
+        worker.telnet = Some(Telnet::default());
+        let sent = [IAC, DO, 1, b'h', b'i', b'\n'];
+        worker.buf = sent.to_vec();
+        worker.consume(sent.len()).expect("framed");
+        assert_eq!((worker.messages, &worker.lines[..]), (1, &b"[1] hi\n"[..]));
+        worker.send();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut answer = [0; 3];
+        client.read_exact(&mut answer).expect("the answer");
+        assert_eq!(answer, [IAC, WONT, 1]);
+        worker.cannot_send = true;
+        worker.buf = sent.to_vec();
+        worker.consume(sent.len()).expect("framed");
+        assert!(
+            !worker.outbox.is_ready(),
+            "an answer was queued for a client that cannot be sent to"
         );
     }
 

@@ -193,6 +193,90 @@ fn a_client_that_waited_for_room_at_the_stop_loses_no_acknowledged_byte() {
     drop((first, second, third));
 }
 
+/// The drain limit leaves out the time the stop spends waiting for the output: a client whose
+/// worker was waiting for room when the stop came, with bytes in its socket, still has what
+/// it sends next read once the stalled output comes back (past the drain limit), and is not
+/// named as still sending.
+///
+/// Clients 1 and 2 stall the output (1 blocked in the pipe, 2 waiting for room). Client 3's
+/// first line makes its worker wait for room too; the next lines wait in its socket at the
+/// stop, and more come after it. The reader comes back only after the drain limit.
+#[test]
+fn output_waits_at_the_stop_do_not_count_against_the_drain_limit() {
+    let mut server = Spawned::start_with_own_stdout(&["--poll-interval", "1h"]);
+    let stdout = server.take_stdout();
+    let pid = server.pid();
+    let mut first = server.connect_numbered(1);
+    send(&mut first, lines_of("c1", 1_000, 93).as_bytes());
+    wait_until("a worker blocked in the pipe", || {
+        thread_sleeps_in(pid, None, "pipe_write")
+    });
+    let second = server.connect_numbered(2);
+    let mut second_writer = second.try_clone().expect("clone");
+    let filler = thread::spawn(move || {
+        let _ = second_writer.write_all(lines_of("c2", 14_000, 93).as_bytes());
+    });
+    wait_until("client 2 waiting for room", || {
+        thread_sleeps_in(pid, Some("client-2"), "futex")
+    });
+    let mut third = server.connect_numbered(3);
+    send(&mut third, b"first\n");
+    wait_until("client 3 waiting for room", || {
+        thread_sleeps_in(pid, Some("client-3"), "futex")
+    });
+    const OWED: usize = 600; // 55.8 KB, read in several pieces
+    send(&mut third, lines_of("owed", OWED, 93).as_bytes());
+    wait_acknowledged(&third);
+    server.signal(Signal::TERM);
+    server.wait_stderr("signal received", TIMEOUT);
+    // 279 KB: more than the socket holds while nobody reads, so some comes in after the drain
+    // began, once the worker reads again.
+    const LATE: usize = 3_000;
+    let mut late_writer = third.try_clone().expect("clone");
+    let sender = thread::spawn(move || {
+        late_writer
+            .set_write_timeout(Some(LONG_TIMEOUT))
+            .expect("timeout");
+        late_writer.write_all(lines_of("late", LATE, 93).as_bytes())
+    });
+    // The output stalls for longer than the drain limit (2 s).
+    thread::sleep(Duration::from_secs(3));
+    let reader = read_all_on_thread(stdout);
+    let finished = server.wait_exit(LONG_TIMEOUT);
+    let printed = text(&reader.join().expect("reader"));
+    sender
+        .join()
+        .expect("the sender")
+        .expect("the late lines were all sent");
+    filler.join().expect("the filler");
+    assert!(
+        !finished.stderr.contains("still sending"),
+        "a client named as still sending\n{}",
+        finished.stderr
+    );
+    let third_lines: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("[3] "))
+        .collect();
+    let expected =
+        String::from("first\n") + &lines_of("owed", OWED, 93) + &lines_of("late", LATE, 93);
+    assert_eq!(
+        third_lines.len(),
+        1 + OWED + LATE,
+        "client 3's messages\n{}",
+        finished.stderr
+    );
+    assert!(
+        third_lines
+            .iter()
+            .zip(expected.lines())
+            .all(|(a, b)| a == &b),
+        "client 3's lines differ"
+    );
+    finished.assert_success();
+    drop((first, second, third));
+}
+
 /// Clients that connected and sent before the stop but were never accepted (the server was
 /// stopped with SIGSTOP meanwhile) are accepted at the stop, drained and counted.
 #[test]
