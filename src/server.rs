@@ -80,7 +80,7 @@ impl fmt::Display for Refusal {
 /// The live workers: started on accept, reaped when they end, stopped and joined at shutdown;
 /// and the stacks they run on.
 #[derive(Debug)]
-pub struct Workers {
+struct Workers {
     live: Vec<WorkerHandle>,
     stacks: Stacks,
     /// Clients the stop disconnected, joined so far.
@@ -134,11 +134,6 @@ impl Workers {
     /// How many workers are running.
     pub fn len(&self) -> usize {
         self.live.len()
-    }
-
-    /// Whether no worker is running.
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
     }
 
     /// Joins and drops every worker that has ended, adding its report to `summary`.
