@@ -70,6 +70,8 @@ impl<T> Thread<T> {
 mod tests {
     use super::*;
 
+    shared_tests!();
+
     #[test]
     fn a_thread_returns_its_result_and_a_panic_comes_back_as_err() {
         let mut stacks = Stacks::new(128 * 1024);

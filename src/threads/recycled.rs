@@ -297,7 +297,7 @@ impl Drop for Stack {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     const SIZE: usize = 128 * 1024;
 
@@ -341,22 +341,7 @@ mod tests {
         assert_eq!(stacks.spare(), 1);
     }
 
-    #[test]
-    fn is_finished_tells_when_the_body_has_returned() {
-        let mut stacks = Stacks::new(SIZE);
-        let (go, wait) = mpsc::channel::<()>();
-        let thread = stacks
-            .spawn("waiter", move || wait.recv().is_ok())
-            .expect("spawn");
-        assert!(!thread.is_finished());
-        go.send(()).expect("the thread waits");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !thread.is_finished() {
-            assert!(Instant::now() < deadline, "the thread never finished");
-            std::thread::yield_now();
-        }
-        assert!(thread.join(&mut stacks).expect("no panic"));
-    }
+    shared_tests!();
 
     #[test]
     fn threads_carry_their_name_and_the_stack_they_were_given() {
