@@ -867,3 +867,80 @@ fn sleep_unless_stopped(shutdown: &Shutdown, duration: Duration) {
     // An error only shortens the back-off.
     let _ = poll::wait(&mut fds, duration);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listen::UnixPath;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// An output the test reads while the server writes it.
+    #[derive(Clone, Default)]
+    struct Printed(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Printed {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            crate::sync::lock(&self.0).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Printed {
+        fn wait_for(&self, text: &str) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !String::from_utf8_lossy(&crate::sync::lock(&self.0)).contains(text) {
+                assert!(Instant::now() < deadline, "never printed: {text:?}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// As the library's example runs it: the endpoints in the order asked, with the port chosen
+    /// for port 0; every line of a client that left and of one still connected at the stop
+    /// printed; the summary counts both once the stop ends the run.
+    #[test]
+    fn a_server_runs_in_process_and_names_its_endpoints() {
+        let name = format!("overhear-server-test-{}", std::process::id());
+        let config = Config {
+            listen: vec![
+                Spec::Unix(UnixPath::Abstract(name.clone())),
+                Spec::Tcp("127.0.0.1:0".parse().expect("literal")),
+            ],
+            ..Config::default()
+        };
+        let server = Server::bind(config).expect("bind");
+        let addr = server.local_addr().expect("a TCP listener");
+        assert_ne!(addr.port(), 0, "the port chosen is not named");
+        match server.endpoints() {
+            [Spec::Unix(UnixPath::Abstract(unix)), Spec::Tcp(tcp)] => {
+                assert_eq!((unix, *tcp), (&name, addr));
+            }
+            other => panic!("endpoints: {other:?}"),
+        }
+        let stop = server.shutdown();
+        let printed = Printed::default();
+        let sink = printed.clone();
+        let run = std::thread::spawn(move || server.run(Sink::Writer(Box::new(sink))));
+        let mut left = std::net::TcpStream::connect(addr).expect("connect");
+        left.write_all(b"one\ntwo\n").expect("send");
+        printed.wait_for("[1] two\n");
+        drop(left);
+        let mut stays = std::net::TcpStream::connect(addr).expect("connect");
+        stays.write_all(b"three\n").expect("send");
+        printed.wait_for("[2] three\n");
+        stop.request(StopReason::Requested);
+        let summary = run.join().expect("no panic").expect("the run");
+        assert_eq!(
+            (summary.clients, summary.messages, summary.bytes),
+            (2, 3, 14)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&crate::sync::lock(&printed.0)),
+            "[1] one\n[1] two\n[2] three\n"
+        );
+    }
+}
