@@ -899,6 +899,24 @@ mod tests {
         }
     }
 
+    /// Each reason a thread could not start is told in its own words.
+    #[test]
+    fn refusals_name_the_limit_that_was_reached() {
+        let no_thread = |kind: io::ErrorKind| Refusal::NoThread(io::Error::from(kind)).to_string();
+        assert!(no_thread(io::ErrorKind::WouldBlock).ends_with(
+            "a limit on threads is reached \
+                 (ulimit -u, the cgroup's pids.max, kernel.threads-max or kernel.pid_max)"
+        ));
+        assert_eq!(
+            no_thread(io::ErrorKind::OutOfMemory),
+            "cannot start a thread: out of memory or of mappings (vm.max_map_count)"
+        );
+        assert_eq!(
+            no_thread(io::ErrorKind::PermissionDenied),
+            "cannot start a thread: permission denied"
+        );
+    }
+
     /// As the library's example runs it: the endpoints in the order asked, with the port chosen
     /// for port 0; every line of a client that left and of one still connected at the stop
     /// printed; the summary counts both once the stop ends the run.
