@@ -254,8 +254,8 @@ pub struct Worker {
     /// yet.
     draining: bool,
     owed: u64,
-    /// Time spent after the stop handing the owed bytes' lines to the output; the drain limit
-    /// leaves it out.
+    /// Time spent after the stop waiting for the output, before the drain began or while bytes
+    /// were owed; the drain limit leaves it out.
     output_wait: Duration,
     /// Messages formatted into `lines` since the last hand-over.
     unhanded: u64,
