@@ -939,6 +939,12 @@ mod tests {
             }
             other => panic!("endpoints: {other:?}"),
         }
+        assert!(
+            format!("{server:?}").contains(&format!(
+                "endpoints: [Unix(Abstract({name:?})), Tcp({addr})]"
+            )),
+            "{server:?}"
+        );
         let stop = server.shutdown();
         let printed = Printed::default();
         let sink = printed.clone();
