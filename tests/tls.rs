@@ -182,6 +182,7 @@ fn openssl_ncat_and_curl_clients_are_heard() {
         line.contains(&format!("listening on {target}; TLS, certificate SHA-256 ")),
         "{line}"
     );
+    assert!(line.contains(" (made at start); connect with: "), "{line}");
     let mut openssl = Client::start(
         "openssl",
         &[
@@ -236,6 +237,11 @@ fn own_certificates_and_their_errors() {
         let name = kind.replace(':', "");
         let (cert, key) = certs.server(&name, kind);
         let mut server = Spawned::start(&["--tls", "--tls-cert", &cert, "--tls-key", &key]);
+        let line = server.wait_stderr("listening on ", TIMEOUT);
+        assert!(
+            line.contains("; TLS, certificate SHA-256 ") && !line.contains("made at start"),
+            "{line}"
+        );
         let mut stream = tls_client(server.addr().port(), Path::new(&cert));
         stream.write_all(b"trusted\n").expect("send");
         stream.flush().expect("flush");
