@@ -448,14 +448,36 @@ fn non_loopback_address_is_warned_about() {
     const WARNING: &str = "is reachable from the network and has no authentication";
     let mut open = Spawned::start(&["--host", "0.0.0.0"]);
     let port = open.addr().port();
+    // The way in it suggests is through loopback.
+    open.wait_stderr(
+        &format!("listening on 0.0.0.0:{port}; connect with: nc 127.0.0.1 {port}"),
+        TIMEOUT,
+    );
     open.wait_stderr(
         &format!("0.0.0.0:{port} {WARNING}; restrict it with --allow"),
         TIMEOUT,
     );
     open.stop(Signal::TERM).assert_success();
 
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let mut open = Spawned::start(&["--host", "::"]);
+        let port = open.addr().port();
+        open.wait_stderr(
+            &format!("listening on [::]:{port}; connect with: nc ::1 {port}"),
+            TIMEOUT,
+        );
+        open.stop(Signal::TERM).assert_success();
+    } else {
+        eprintln!("skipped the IPv6 case: cannot bind [::1] here");
+    }
+
     // The warning comes between the listening line and this one.
     let mut loopback = Spawned::start(&[]);
+    let port = loopback.addr().port();
+    loopback.wait_stderr(
+        &format!("listening on 127.0.0.1:{port}; connect with: nc 127.0.0.1 {port}"),
+        TIMEOUT,
+    );
     loopback.wait_stderr("running until Ctrl-C/SIGTERM", TIMEOUT);
     let finished = loopback.stop(Signal::TERM);
     finished.assert_success();
