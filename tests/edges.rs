@@ -311,6 +311,19 @@ fn clients_still_queued_at_the_stop_are_served() {
     }
     finished.assert_stderr_has(&format!("served {QUEUED} clients: {QUEUED} messages"));
     finished.assert_stderr_has("refused 0 connections");
+    // Every one was live at the stop. How many the listener took after it (rather than before,
+    // between SIGCONT and the signal's handling) varies from run to run.
+    finished.assert_stderr_has(&format!("stopped {QUEUED} workers in"));
+    if let Some((_, rest)) = finished.stderr.split_once("INFO  accepted ") {
+        let taken: usize = rest
+            .split_once(" connection")
+            .and_then(|(n, _)| n.parse().ok())
+            .expect("a count of connections");
+        assert!(
+            (1..=QUEUED).contains(&taken),
+            "accepted {taken} at the stop"
+        );
+    }
     for client in &mut clients {
         expect_eof(client, TIMEOUT);
     }
