@@ -1494,6 +1494,14 @@ mod tests {
         );
     }
 
+    /// Sends `n` bytes from the client and runs one wake's reads: how many bytes it read.
+    fn one_wake(client: &mut std::os::unix::net::UnixStream, worker: &mut Worker, n: usize) -> u64 {
+        let before = worker.bytes;
+        client.write_all(&vec![b'a'; n]).expect("send");
+        worker.read_available().expect("read");
+        worker.bytes - before
+    }
+
     /// A client counts as streaming (and gets the drain's grace at a stop) after a burst of
     /// at least [`READ_CHUNK`], however it was cut into reads; after a silence longer than
     /// [`RECENTLY`] it does not, and its next burst counts from nothing.
@@ -1503,14 +1511,11 @@ mod tests {
         let (mut client, mut worker) = paired_worker(None, &shutdown);
         // Read as QUIET_CHUNK, READ_CHUNK and the last 10 bytes: the last read alone is small.
         let burst = QUIET_CHUNK + READ_CHUNK + 10;
-        client.write_all(&vec![b'a'; burst]).expect("send");
-        worker.read_available().expect("read");
-        assert_eq!(worker.bytes, burst as u64);
+        assert_eq!(one_wake(&mut client, &mut worker, burst), burst as u64);
         assert!(worker.streaming(), "not streaming after {burst} bytes");
         worker.heard = Instant::now() - 2 * RECENTLY;
         assert!(!worker.streaming(), "streaming after a silence");
-        client.write_all(b"x\n").expect("send");
-        worker.read_available().expect("read");
+        one_wake(&mut client, &mut worker, 2);
         assert_eq!(worker.burst, 2, "the burst before the silence was counted");
         assert!(!worker.streaming(), "streaming after one line");
     }
@@ -1521,20 +1526,14 @@ mod tests {
     fn while_too_much_echo_waits_one_piece_is_read_per_wake() {
         let shutdown = Shutdown::new().expect("pipe");
         let (mut client, mut worker) = paired_worker(None, &shutdown);
-        client.write_all(&[b'a'; 20_000]).expect("send");
-        worker.read_available().expect("read");
-        assert_eq!(worker.bytes, 20_000, "a burst was read in several wakes");
+        let read = one_wake(&mut client, &mut worker, 20_000);
+        assert_eq!(read, 20_000, "a burst was read in several wakes");
         worker
             .outbox
             .push_echo(&vec![b'e'; crate::outbox::ECHO_HOLD + 1]);
         assert!(worker.echo_held());
-        client.write_all(&[b'b'; 20_000]).expect("send");
-        worker.read_available().expect("read");
-        assert_eq!(
-            worker.bytes,
-            (20_000 + QUIET_CHUNK) as u64,
-            "read on while the echo was held"
-        );
+        let read = one_wake(&mut client, &mut worker, 20_000);
+        assert_eq!(read, QUIET_CHUNK as u64, "read on while the echo was held");
     }
 
     /// The time a hand-over waits for a slow output is left out of the drain limit from the
@@ -1587,16 +1586,13 @@ mod tests {
         std::thread::sleep(DRAIN_LIMIT);
         worker.draining = true;
         assert!(worker.past_drain_limit());
-        client.write_all(&[b'a'; 20_000]).expect("send");
         worker.owed = 20_000;
-        worker.read_available().expect("read");
-        assert_eq!(worker.bytes, 20_000, "owed bytes left unread");
+        let read = one_wake(&mut client, &mut worker, 20_000);
+        assert_eq!(read, 20_000, "owed bytes left unread");
         worker.buf = vec![0; QUIET_CHUNK];
-        client.write_all(&[b'b'; 20_000]).expect("send");
-        worker.read_available().expect("read");
+        let read = one_wake(&mut client, &mut worker, 20_000);
         assert_eq!(
-            worker.bytes,
-            (20_000 + QUIET_CHUNK) as u64,
+            read, QUIET_CHUNK as u64,
             "read on past the limit with nothing owed"
         );
     }
