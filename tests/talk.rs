@@ -130,6 +130,8 @@ fn nc_clients_get_what_is_addressed_to_them() {
     }
     let mut server = Spawned::start_typing(&["--stdin", "always"]);
     let port = server.addr().port().to_string();
+    server.type_bytes(b"before anyone\n");
+    server.wait_stderr("not sent: no client is connected", TIMEOUT);
     let clients: Vec<Netcat> = (1..=3)
         .map(|n| {
             let nc = Netcat::start(&["127.0.0.1", &port]);
@@ -409,8 +411,12 @@ fn a_line_typed_just_before_the_stop_arrives_before_eof() {
         let mut server = Spawned::start_typing(&["--stdin", "always"]);
         let (_one, one) = client(&server, 1);
         let (_two, two) = client(&server, 2);
-        server.type_bytes(format!("@1 last words {round}\nto all {round}\n").as_bytes());
+        // The last line has no line end yet at the stop: it is not sent, and that is said.
+        server.type_bytes(format!("@1 last words {round}\nto all {round}\nunended").as_bytes());
         let finished = server.stop(Signal::TERM);
+        finished.assert_stderr_has(
+            "a typed line without its line end was not sent (7 bytes at the stop)",
+        );
         assert_eq!(
             String::from_utf8_lossy(&one.until_eof()),
             format!("last words {round}\nto all {round}\n"),
