@@ -725,17 +725,20 @@ mod tests {
         assert!(next.iter().all(|&n| n == lines), "{next:?}");
     }
 
+    /// A sink whose every write fails as a full disk does.
+    struct Failing;
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::StorageFull.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn after_a_failed_write_lines_are_discarded_and_said_so() {
-        struct Failing;
-        impl Write for Failing {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::ErrorKind::StorageFull.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let shutdown = Shutdown::new().expect("pipe");
         let output = Output::new(Sink::Writer(Box::new(Failing)), shutdown.clone());
         output.write(b"lost\n", 1);
@@ -829,17 +832,8 @@ mod tests {
 
     #[test]
     fn lines_handed_on_count_with_the_new_writers_own_when_its_write_fails() {
-        struct Fails;
-        impl Write for Fails {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::ErrorKind::StorageFull.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let output = Output::new(
-            Sink::Writer(Box::new(Fails)),
+            Sink::Writer(Box::new(Failing)),
             Shutdown::new().expect("pipe"),
         );
         // As a writer leaves them when it hands the role on: lines pending, nobody writing.
