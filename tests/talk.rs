@@ -11,8 +11,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    LONG_TIMEOUT, Netcat, Rng, Signal, Spawned, TIMEOUT, bin, connect, decode_base64, fresh_seed,
-    installed, netcat_available, send,
+    LONG_TIMEOUT, Netcat, Rng, Signal, Spawned, TIMEOUT, TempDir, bin, connect, decode_base64,
+    fresh_seed, installed, netcat_available, send,
 };
 
 /// The bytes received so far and whether EOF came, with the condition that signals a change.
@@ -228,6 +228,98 @@ fn auto_reads_a_terminal_and_not_a_pipe() {
     server.type_bytes(b"typed into a pipe\n");
     let finished = server.stop(Signal::TERM);
     assert_eq!(received.until_eof(), b"", "{finished}");
+}
+
+/// `overhear --stdin always &` in a terminal cannot read it while in the background: a read
+/// fails (EIO, since overhear ignores SIGTTIN rather than being stopped by it) and is tried again
+/// a second later, rather than ending the input. Brought to the foreground (`fg`), it reads the
+/// line typed meanwhile and sends it.
+#[test]
+fn a_terminal_read_from_the_background_is_tried_again_after_fg() {
+    if !installed("script") || !installed("bash") || !installed("mkfifo") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "script, bash or mkfifo is missing"
+        );
+        eprintln!("skipped: script, bash or mkfifo is not installed");
+        return;
+    }
+    let dir = TempDir::new("background");
+    let go = dir.path("go");
+    let made = Command::new("mkfifo")
+        .arg(&go)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {go}: {made}");
+    // The shell waits on the FIFO, not on the terminal, so that nothing but overhear reads what
+    // is typed until `fg`. The duration bounds the run if the test fails before its SIGTERM.
+    let command = format!(
+        "bash -c 'set -m; {} --port 0 --stdin always --duration 30s --color never -v & \
+         echo \"pid=$!\"; read line < {go}; fg > /dev/null'",
+        bin()
+    );
+    let mut script = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script");
+    let mut typing = script.stdin.take().expect("piped");
+    let screen = Received::from_reader(script.stdout.take().expect("piped"));
+    let guard = Reaped(script);
+    let shown = screen.wait("the listening line and the pid", TIMEOUT, |bytes, _| {
+        let text = String::from_utf8_lossy(bytes);
+        text.contains("connect with:") && text.contains("pid=")
+    });
+    let shown = String::from_utf8_lossy(&shown).into_owned();
+    let pid: i32 = shown
+        .split_once("pid=")
+        .and_then(|(_, rest)| rest.lines().next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {shown:?}"));
+    let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
+    // Whatever happens below, the server does not outlive the test.
+    struct Killed(rustix::process::Pid);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process(self.0, rustix::process::Signal::KILL);
+        }
+    }
+    let killed = Killed(pid);
+    let addr: std::net::SocketAddr = shown
+        .split_once("listening on ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .and_then(|(addr, _)| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no listening line in {shown:?}"));
+    let stream = connect(addr);
+    let received = Received::start(&stream);
+    screen.wait("client 1 connected", TIMEOUT, |bytes, _| {
+        String::from_utf8_lossy(bytes).contains("client 1 connected")
+    });
+    typing
+        .write_all(b"typed in the background\n")
+        .expect("type");
+    screen.wait(
+        "the failed read from the background",
+        TIMEOUT,
+        |bytes, _| {
+            String::from_utf8_lossy(bytes).contains("cannot read the terminal from the background")
+        },
+    );
+    std::fs::write(&go, b"fg\n").expect("let the shell run fg");
+    received.wait_for(b"typed in the background\n");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert_eq!(received.until_eof(), b"typed in the background\n");
+    let screen = screen.wait("the end of the run", TIMEOUT, |_, closed| closed);
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(
+        !screen.contains("cannot read input"),
+        "the input was given up:\n{screen}"
+    );
+    drop(killed);
+    drop(guard);
 }
 
 /// Escapes read as overhear writes them (`\x00\xff\\` is three bytes), `--raw` sends the text as
