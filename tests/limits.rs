@@ -459,6 +459,17 @@ fn non_loopback_address_is_warned_about() {
     );
     open.stop(Signal::TERM).assert_success();
 
+    // With a rule given, the warning stays and the hint goes.
+    let mut restricted = Spawned::start(&["--host", "0.0.0.0", "--allow", "127.0.0.0/8"]);
+    let port = restricted.addr().port();
+    restricted.wait_stderr(&format!("0.0.0.0:{port} {WARNING}"), TIMEOUT);
+    let finished = restricted.stop(Signal::TERM);
+    finished.assert_success();
+    assert!(
+        !finished.stderr.contains("restrict it with --allow"),
+        "--allow was suggested although it was given\n{finished}"
+    );
+
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
         let mut open = Spawned::start(&["--host", "::"]);
         let port = open.addr().port();
