@@ -94,13 +94,14 @@ impl std::error::Error for Error {
     }
 }
 
-/// Describes an I/O error in words, without the `(os error N)` suffix std adds.
+/// Describes an I/O error in words, without the `(os error N)` suffix std adds. A few kinds get
+/// words of their own, the same whatever made the error (the system says "Address already in
+/// use", std "address in use" for the kind alone); the rest are the system's words, lowercased.
 pub fn describe(err: &io::Error) -> String {
     use io::ErrorKind::*;
     let words = match err.kind() {
         AddrInUse => "address already in use",
         AddrNotAvailable => "address not available on this machine",
-        PermissionDenied => "permission denied",
         NotFound => "no such file or directory",
         BrokenPipe => "the reader went away",
         ConnectionReset => "connection reset by peer",
@@ -133,6 +134,48 @@ mod tests {
             "cannot listen on 127.0.0.1:7878: address already in use"
         );
         assert_eq!(err.exit_status(), EXIT_FAILURE);
+    }
+
+    /// A library user walking the error chain finds the system's error under each one that
+    /// has one.
+    #[test]
+    fn the_underlying_error_is_the_source() {
+        use std::error::Error as _;
+        let err = Error::Setup {
+            what: "create the stop pipe",
+            source: io::Error::from_raw_os_error(24),
+        };
+        let source = err.source().expect("a source");
+        assert_eq!(
+            source.to_string(),
+            io::Error::from_raw_os_error(24).to_string()
+        );
+        assert!(Error::StdoutClosed.source().is_none());
+    }
+
+    /// The words are the same whether the system or a library made the error (a library's
+    /// error of a kind alone would read "entity not found", "address in use").
+    #[test]
+    fn known_kinds_have_the_same_words_from_any_source() {
+        use io::ErrorKind::*;
+        for (kind, os, words) in [
+            (AddrInUse, 98, "address already in use"),
+            (
+                AddrNotAvailable,
+                99,
+                "address not available on this machine",
+            ),
+            (PermissionDenied, 13, "permission denied"),
+            (NotFound, 2, "no such file or directory"),
+            (BrokenPipe, 32, "the reader went away"),
+            (ConnectionReset, 104, "connection reset by peer"),
+            (StorageFull, 28, "no space left on device"),
+        ] {
+            assert_eq!(describe(&io::Error::from(kind)), words, "{kind:?}");
+            if cfg!(target_os = "linux") {
+                assert_eq!(describe(&io::Error::from_raw_os_error(os)), words, "{os}");
+            }
+        }
     }
 
     #[test]
