@@ -130,3 +130,81 @@ impl AsFd for Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::poll::{self, Fd, Flags};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A server side over TCP (non-blocking, as accepted) and its client.
+    fn tcp() -> (Connection, Box<dyn ReadWrite>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("non-blocking");
+        (Connection::Tcp(server), Box::new(client))
+    }
+
+    /// The same over a Unix socket pair.
+    fn unix() -> (Connection, Box<dyn ReadWrite>) {
+        let (server, client) = UnixStream::pair().expect("socket pair");
+        server.set_nonblocking(true).expect("non-blocking");
+        (Connection::Unix(server), Box::new(client))
+    }
+
+    trait ReadWrite: Read + Write {}
+    impl<T: Read + Write> ReadWrite for T {}
+
+    /// Waits until `conn` is readable (bytes, or the peer's close), at most 10 s.
+    fn readable(conn: &Connection) {
+        let mut fds = [Fd::new(conn, Flags::IN)];
+        let ready = poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
+        assert_eq!(ready, 1, "not readable within 10 s");
+    }
+
+    /// What the worker asks of a plain connection, over TCP and over a Unix socket: bytes
+    /// queued are counted, read and answered; a peer's close is told from a quiet peer and
+    /// from bytes still to read; and the TLS-only steps are no-ops.
+    #[test]
+    fn a_plain_connection_counts_reads_writes_and_sees_the_close() {
+        for (kind, (mut conn, mut peer)) in [("tcp", tcp()), ("unix", unix())] {
+            assert!(
+                !conn.is_closed_by_peer(),
+                "{kind}: a quiet peer is not gone"
+            );
+            assert_eq!(conn.queued().expect("FIONREAD"), 0, "{kind}");
+            peer.write_all(b"hello").expect("send");
+            readable(&conn);
+            assert_eq!(conn.queued().expect("FIONREAD"), 5, "{kind}");
+            assert!(!conn.is_closed_by_peer(), "{kind}: bytes wait");
+            assert!(!conn.has_buffered() && !conn.wants_write(), "{kind}");
+            assert!(conn.handshake(&peer_fd()).is_none(), "{kind}");
+            conn.ack_now().expect("ack");
+            let mut buf = [0; 16];
+            assert_eq!(conn.read(&mut buf).expect("read"), 5, "{kind}");
+            assert_eq!(&buf[..5], b"hello", "{kind}");
+            conn.write_all(b"back").expect("answer");
+            conn.flush().expect("nothing to flush");
+            let mut back = [0; 4];
+            peer.read_exact(&mut back).expect("receive");
+            assert_eq!(&back, b"back", "{kind}");
+            // The peer leaves with a byte unread by the server: not gone until it is read.
+            peer.write_all(b"!").expect("send");
+            drop(peer);
+            readable(&conn);
+            assert!(!conn.is_closed_by_peer(), "{kind}: a byte waits");
+            assert_eq!(conn.read(&mut buf).expect("read"), 1, "{kind}");
+            readable(&conn);
+            assert!(conn.is_closed_by_peer(), "{kind}: the peer is gone");
+            conn.close();
+            assert_eq!(conn.read(&mut buf).expect("end of file"), 0, "{kind}");
+        }
+    }
+
+    /// A descriptor to hand `handshake` as its stop pipe.
+    fn peer_fd() -> std::os::fd::OwnedFd {
+        rustix::pipe::pipe().expect("pipe").0
+    }
+}
