@@ -662,3 +662,60 @@ fn a_tls_client_that_reads_nothing_neither_spins_nor_holds_the_stop() {
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
     server.stop(Signal::TERM).assert_success();
 }
+
+/// Every session ends with close_notify, so that a client can tell the server's close from a
+/// cut connection (rustls reports a bare end of stream as an error): a session the client ends
+/// gets the server's close_notify in answer to its own, and one the stop ends gets it too.
+#[test]
+fn every_tls_session_ends_with_close_notify() {
+    let dir = TempDir::new("tls-close");
+    let cert = dir.path("made.pem");
+    let mut server = Spawned::start(&["--tls", "--tls-cert-out", &cert]);
+    let port = server.addr().port();
+    let mut leaving = tls_client(port, Path::new(&cert));
+    let mut staying = tls_client(port, Path::new(&cert));
+    for (stream, line) in [(&mut leaving, "leaving"), (&mut staying, "staying")] {
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("send");
+        stream.flush().expect("send");
+        server.wait_stdout(&format!("] {line}"), TIMEOUT);
+    }
+    leaving.conn.send_close_notify();
+    leaving.flush().expect("send close_notify");
+    let mut rest = Vec::new();
+    let ended = leaving.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "the client's own close: {ended:?}");
+    server.wait_stderr("disconnected (closed by client)", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    let ended = staying.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "the stop: {ended:?}\n{finished}");
+    assert!(rest.is_empty(), "nothing but the close was sent");
+    finished.assert_success();
+}
+
+/// Echo over TLS to a client that reads only once it has sent 400 KB: every byte comes back, in
+/// order, as over plain TCP.
+#[test]
+fn tls_echo_to_a_late_reader_comes_back_whole() {
+    const BYTES: usize = 400 * 1024;
+    let dir = TempDir::new("tls-echo");
+    let cert = dir.path("made.pem");
+    let mut server = Spawned::start(&["--tls", "--echo", "--tls-cert-out", &cert]);
+    let mut client = tls_client(server.addr().port(), Path::new(&cert));
+    let sent: Vec<u8> = (0..BYTES)
+        .map(|i| {
+            if i % 100 == 99 {
+                b'\n'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect();
+    client.write_all(&sent).expect("send");
+    client.flush().expect("send");
+    let mut back = vec![0; BYTES];
+    client.read_exact(&mut back).expect("every echoed byte");
+    assert!(back == sent, "the echo differs from what was sent");
+    server.stop(Signal::TERM).assert_success();
+}
