@@ -694,28 +694,30 @@ fn every_tls_session_ends_with_close_notify() {
     finished.assert_success();
 }
 
-/// Echo over TLS to a client that reads only once it has sent 400 KB: every byte comes back, in
-/// order, as over plain TCP.
+/// Echo over TLS to a client that sends 5 MB through a 4 KiB receive window before it reads
+/// any (more than the sockets hold): every byte comes back, in order, as over plain TCP.
 #[test]
 fn tls_echo_to_a_late_reader_comes_back_whole() {
-    const BYTES: usize = 400 * 1024;
+    const LINES: usize = 50_000;
     let dir = TempDir::new("tls-echo");
     let cert = dir.path("made.pem");
     let mut server = Spawned::start(&["--tls", "--echo", "--tls-cert-out", &cert]);
-    let mut client = tls_client(server.addr().port(), Path::new(&cert));
-    let sent: Vec<u8> = (0..BYTES)
-        .map(|i| {
-            if i % 100 == 99 {
-                b'\n'
-            } else {
-                b'a' + (i % 26) as u8
-            }
-        })
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&server.addr().into()).expect("connect");
+    let mut client = tls_over(TcpStream::from(socket), Path::new(&cert));
+    let sent: String = (0..LINES)
+        .map(|k| format!("echo-{k:06}-{}\n", "z".repeat(88)))
         .collect();
-    client.write_all(&sent).expect("send");
+    client.write_all(sent.as_bytes()).expect("send");
     client.flush().expect("send");
-    let mut back = vec![0; BYTES];
+    let mut back = vec![0; sent.len()];
     client.read_exact(&mut back).expect("every echoed byte");
-    assert!(back == sent, "the echo differs from what was sent");
+    assert!(
+        back == sent.as_bytes(),
+        "the echo differs from what was sent"
+    );
+    server.wait_stdout(&format!("] echo-{:06}-", LINES - 1), TIMEOUT);
     server.stop(Signal::TERM).assert_success();
 }
