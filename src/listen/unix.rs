@@ -143,3 +143,25 @@ fn clear_stale(path: &Path) -> io::Result<()> {
         Err(err) => Err(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_one_to_four_octal_digits() {
+        for (text, mode) in [
+            ("660", 0o660),
+            ("0600", 0o600),
+            ("0o640", 0o640),
+            ("7", 0o7),
+            ("7777", 0o7777),
+        ] {
+            assert_eq!(UnixMode::parse(text), Ok(UnixMode(mode)), "{text}");
+        }
+        for text in ["", "0o", "8", "66a", "rw-", "07777", "-600", "+600"] {
+            let err = UnixMode::parse(text).expect_err(text);
+            assert!(err.contains("octal mode"), "{text}: {err}");
+        }
+    }
+}
