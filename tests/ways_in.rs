@@ -512,3 +512,96 @@ fn tcp_clients_and_udp_sources_arriving_together_get_distinct_numbers() {
         "a gap in the numbers"
     );
 }
+
+/// A datagram as large as UDP over IPv4 allows (65,507 bytes) is one message, printed whole.
+#[test]
+fn the_largest_datagram_is_one_whole_message() {
+    const LARGEST: usize = 65_507;
+    let mut server = Spawned::start(&["-u"]);
+    let addr = udp_addr(&server);
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let datagram: Vec<u8> = (0..LARGEST).map(|i| b'a' + (i % 26) as u8).collect();
+    sender.send_to(&datagram, addr).expect("send");
+    sender.send_to(b"after\n", addr).expect("send");
+    server.wait_stdout("[1] after", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    let expected = format!("[1] {}", String::from_utf8_lossy(&datagram));
+    assert_eq!(
+        finished.stdout.lines().next(),
+        Some(expected.as_str()),
+        "the large datagram is not printed whole"
+    );
+    finished.assert_stderr_has(&format!(
+        "served 1 client: 2 messages, {} bytes",
+        LARGEST + 6
+    ));
+}
+
+/// A flood of refused sources (here 12, against `--allow 127.0.0.2`) is warned about five times
+/// a second at most, the rest said at `-v`; each source is said and counted once, however many
+/// datagrams it sends.
+#[test]
+fn refused_udp_sources_are_warned_about_a_few_times_a_second() {
+    const SOURCES: usize = 12;
+    let mut server = Spawned::start(&["-u", "--allow", "127.0.0.2", "-v"]);
+    let addr = udp_addr(&server);
+    let senders: Vec<UdpSocket> = (0..SOURCES)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    // Every source sends twice but the last, which sends once (and is waited for).
+    for round in 0..2 {
+        for sender in &senders[..SOURCES - round] {
+            sender
+                .send_to(format!("refused {round}\n").as_bytes(), addr)
+                .expect("send");
+        }
+    }
+    let last = senders[SOURCES - 1].local_addr().expect("addr").to_string();
+    server.wait_stderr(&format!("refused udp datagrams from {last}"), TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    let refusals: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|line| line.contains("refused udp datagrams from"))
+        .collect();
+    assert_eq!(refusals.len(), SOURCES, "each source said once\n{finished}");
+    for sender in &senders {
+        let from = sender.local_addr().expect("addr").to_string();
+        assert_eq!(
+            refusals.iter().filter(|l| l.contains(&from)).count(),
+            1,
+            "{from} said once"
+        );
+    }
+    let warned = refusals.iter().filter(|l| l.contains(" WARN ")).count();
+    // The limit counts in windows of a second, the first from the start, a new one at the first
+    // refusal a second or more after the last began: exactly five only if every refusal falls
+    // in one window, which the log's times tell (a slow machine may spread them).
+    let millis = |line: &str| -> i64 {
+        let time = line.split(['T', 'Z']).nth(1).expect("a timestamp");
+        let parts: Vec<f64> = time.split(':').map(|p| p.parse().expect("time")).collect();
+        ((parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0) as i64
+    };
+    let start = millis(&server_line(&finished.stderr, "listening on"));
+    let (first, last) = (millis(refusals[0]), millis(refusals[SOURCES - 1]));
+    let one_window = last - start < 990 || (first - start > 1010 && last - first < 990);
+    if one_window {
+        assert_eq!(warned, 5, "{finished}");
+    } else {
+        assert!(
+            (5..SOURCES).contains(&warned),
+            "{warned} warnings\n{finished}"
+        );
+    }
+    finished.assert_stderr_has(&format!("refused {SOURCES} connections"));
+    assert!(!finished.stdout.contains("refused"), "{finished}");
+}
+
+/// The first line of `stderr` that contains `needle`.
+fn server_line(stderr: &str, needle: &str) -> String {
+    stderr
+        .lines()
+        .find(|line| line.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} in\n{stderr}"))
+        .to_owned()
+}
