@@ -203,6 +203,10 @@ fn udp_sources_are_clients() {
     finished.assert_stderr_has(&format!("stopped {sources} workers in"));
     finished.assert_stderr_has("(udp)");
     finished.assert_stderr_has("the kernel dropped no datagram");
+    assert!(
+        !finished.stderr.contains("its receive buffer was full"),
+        "a drop warning with nothing dropped\n{finished}"
+    );
 }
 
 /// A UDP client ends after its silence (`--idle-timeout`), with the usual disconnect line; the
@@ -313,6 +317,9 @@ fn a_burst_of_datagrams_is_printed_or_counted_as_dropped() {
         4 * PER_SENDER
     );
     assert_eq!(summary["clients"], 4, "{summary}");
+    finished.assert_stderr_has(&format!(
+        "{addr}: the kernel dropped {dropped} datagrams (its receive buffer was full"
+    ));
 }
 
 /// One run on TCP, UDP and a Unix socket at once: one numbering, each connect line naming its
@@ -595,6 +602,19 @@ fn refused_udp_sources_are_warned_about_a_few_times_a_second() {
     }
     finished.assert_stderr_has(&format!("refused {SOURCES} connections"));
     assert!(!finished.stdout.contains("refused"), "{finished}");
+    // Every datagram was read, refused or not (the stop reads what waits).
+    finished.assert_stderr_has(&format!(
+        "udp://{addr}: received {} datagrams",
+        2 * SOURCES - 1
+    ));
+    // 8 MiB asked for: Linux caps the request at net.core.rmem_max and doubles it.
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let size = 2 * rmem_max.min(8 * 1024 * 1024);
+    finished.assert_stderr_has(&format!("receive buffer of udp://{addr}: {size} bytes"));
 }
 
 /// The first line of `stderr` that contains `needle`.

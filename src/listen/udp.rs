@@ -61,7 +61,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     if let Ok(size) = socket.recv_buffer_size() {
-        debug!("receive buffer of udp://{addr}: {size} bytes");
+        // The port chosen for port 0, not the 0 asked for.
+        let bound = socket.local_addr().ok().and_then(|a| a.as_socket());
+        debug!(
+            "receive buffer of udp://{}: {size} bytes",
+            bound.unwrap_or(addr)
+        );
     }
     Ok(socket.into())
 }
