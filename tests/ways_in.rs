@@ -409,8 +409,9 @@ fn bad_ways_in_are_usage_errors() {
 /// for it; a Unix client gets a typed line as a TCP client does.
 #[test]
 fn udp_and_unix_clients_are_answered() {
-    let mut server =
-        Spawned::start_typing(&["-u", "--echo", "--stdin", "always", "--greet", "hello\\n"]);
+    let mut server = Spawned::start_typing(&[
+        "-u", "--echo", "--stdin", "always", "--greet", "hello\\n", "--format", "json",
+    ]);
     let addr = udp_addr(&server);
     let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
     source
@@ -433,8 +434,23 @@ fn udp_and_unix_clients_are_answered() {
     server.type_bytes(b"@1 pong\n");
     let (n, _) = source.recv_from(&mut buf).expect("the typed reply");
     assert_eq!(&buf[..n], b"pong\n");
+    // A line typed just before the stop is still sent.
+    server.type_bytes(b"@1 last\n");
     let finished = server.stop(Signal::TERM);
-    finished.assert_stderr_has("sent 16 bytes");
+    let (n, _) = source
+        .recv_from(&mut buf)
+        .expect("the line typed at the stop");
+    assert_eq!(&buf[..n], b"last\n");
+    finished.assert_stderr_has("sent 21 bytes");
+    // Each greeting and typed message sent is a JSON `sent` event (the echo is not).
+    let sent: Vec<String> = finished
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON"))
+        .filter(|event| event["event"] == "sent")
+        .map(|event| event["data"].as_str().expect("text").to_owned())
+        .collect();
+    assert_eq!(sent, ["hello\n", "pong\n", "last\n"], "{finished}");
 
     let dir = TempDir::new("answered");
     let path = dir.path("a.sock");
