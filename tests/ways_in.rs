@@ -641,3 +641,30 @@ fn server_line(stderr: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no {needle:?} in\n{stderr}"))
         .to_owned()
 }
+
+/// With a length framing, a UDP datagram whose length is over the limit loses the rest of that
+/// datagram only: the source stays, is warned about once however many such datagrams it sends,
+/// and its next good datagram is a message.
+#[test]
+fn a_misframed_datagram_drops_only_itself() {
+    let mut server = Spawned::start(&["-u", "--framing", "length:u32be"]);
+    let addr = udp_addr(&server);
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for _ in 0..3 {
+        sender
+            .send_to(b"\xff\xff\xff\xffnot framed", addr)
+            .expect("send");
+    }
+    sender.send_to(b"\x00\x00\x00\x02ok", addr).expect("send");
+    server.wait_stdout("[1] ok", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    assert_eq!(
+        finished
+            .stderr
+            .matches("over the limit of 64 MiB (--framing length:u32be); the rest of its datagram is dropped")
+            .count(),
+        1,
+        "{finished}"
+    );
+    assert_eq!(finished.stdout, "[1] ok\n", "{finished}");
+}
