@@ -451,6 +451,15 @@ fn udp_and_unix_clients_are_answered() {
         .map(|event| event["data"].as_str().expect("text").to_owned())
         .collect();
     assert_eq!(sent, ["hello\n", "pong\n", "last\n"], "{finished}");
+    // The stop ends the source with its disconnect event, its counts in it.
+    let disconnect = finished
+        .stdout
+        .lines()
+        .find(|line| line.contains(r#""event":"disconnect""#))
+        .unwrap_or_else(|| panic!("no disconnect event\n{finished}"));
+    let disconnect: serde_json::Value = serde_json::from_str(disconnect).expect("JSON");
+    assert_eq!(disconnect["sent"], 21, "{disconnect}");
+    assert_eq!(disconnect["messages"], 1, "{disconnect}");
 
     let dir = TempDir::new("answered");
     let path = dir.path("a.sock");
