@@ -199,8 +199,18 @@ fn udp_sources_are_clients() {
     } else {
         2
     };
-    // Every source was live at the stop, and the stop ended each.
-    finished.assert_stderr_has(&format!("stopped {sources} workers in"));
+    // Every source was live at the stop, and the stop ended each. With nothing waiting in the
+    // socket, the receiver does not read on until the drain limit (2 s).
+    let took = finished
+        .stderr
+        .split_once(&format!("stopped {sources} workers in "))
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("no stop line\n{finished}"));
+    let took = humantime::parse_duration(took).expect("a duration");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the stop took {took:?}"
+    );
     finished.assert_stderr_has("(udp)");
     finished.assert_stderr_has("the kernel dropped no datagram");
     assert!(
