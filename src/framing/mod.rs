@@ -263,6 +263,23 @@ pub(crate) fn chunked<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index]) -> 
 mod tests {
     use super::*;
 
+    /// Whatever the kind, the framer says how many bytes it holds for an unfinished message
+    /// (what bounds a client's memory, and what the fuzz target checks).
+    #[test]
+    fn every_kind_tells_what_it_holds() {
+        for (text, data, held) in [
+            ("lines", &b"done\nabc"[..], 3),
+            ("delimiter:;", b"done;abcd", 4),
+            ("syslog", b"12 abcde", 5),
+            ("length:u16be", b"\x00\x09abcdef", 6),
+            ("none", b"abcdefg", 0),
+        ] {
+            let mut framer = Framing::parse(text).expect("a framing").framer(64);
+            framer.push(data, |_| {}).expect("frames");
+            assert_eq!(framer.pending_len(), held, "{text}");
+        }
+    }
+
     #[test]
     fn framings_read_and_print_the_same() {
         for text in [
