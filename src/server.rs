@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use log::{Level, error, info, log, warn};
+use log::{Level, debug, error, info, log, warn};
 
 use crate::access::Denial;
 use crate::config::Config;
@@ -383,9 +383,15 @@ impl Server {
                         what: "create the pipe that wakes workers for typed messages",
                         source,
                     })?;
+                debug!("reading stdin: typed lines go to clients");
                 (Some(talk.spawn(&shutdown)?), Some(listening))
             }
-            _ => (None, None),
+            _ => {
+                debug!(
+                    "not reading stdin (--stdin never, or auto without a terminal in the foreground)"
+                );
+                (None, None)
+            }
         };
         let shared = Shared {
             shutdown: shutdown.clone(),

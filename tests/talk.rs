@@ -230,96 +230,152 @@ fn auto_reads_a_terminal_and_not_a_pipe() {
     assert_eq!(received.until_eof(), b"", "{finished}");
 }
 
+/// overhear started with `&` in a terminal (a pty made by `script`, in bash with job control):
+/// the server, what the terminal shows, the keyboard, and where it listens. The shell brings it
+/// to the foreground (`fg`) once something is written to the FIFO `go`.
+struct InTheBackground {
+    screen: Received,
+    typing: std::process::ChildStdin,
+    pid: rustix::process::Pid,
+    addr: std::net::SocketAddr,
+    go: String,
+    _script: Reaped,
+    _dir: TempDir,
+}
+
+impl InTheBackground {
+    /// `None` (the test skipped) where script, bash or mkfifo is missing, outside CI.
+    fn start(stdin: &str) -> Option<InTheBackground> {
+        if !installed("script") || !installed("bash") || !installed("mkfifo") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "script, bash or mkfifo is missing"
+            );
+            eprintln!("skipped: script, bash or mkfifo is not installed");
+            return None;
+        }
+        let dir = TempDir::new(&format!("background-{stdin}"));
+        let go = dir.path("go");
+        let made = Command::new("mkfifo")
+            .arg(&go)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {go}: {made}");
+        // The shell waits on the FIFO, not on the terminal, so that nothing but overhear reads
+        // what is typed until `fg`. The duration bounds the run if the test fails before its
+        // SIGTERM.
+        let command = format!(
+            "bash -c 'set -m; {} --port 0 --stdin {stdin} --duration 30s -v & \
+             echo \"pid=$!\"; read line < {go}; fg > /dev/null'",
+            bin()
+        );
+        let mut script = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run script");
+        let typing = script.stdin.take().expect("piped");
+        let screen = Received::from_reader(script.stdout.take().expect("piped"));
+        let script = Reaped(script);
+        let shown = screen.wait("the listening line and the pid", TIMEOUT, |bytes, _| {
+            let text = String::from_utf8_lossy(bytes);
+            text.contains("connect with:") && text.contains("pid=")
+        });
+        let shown = String::from_utf8_lossy(&shown).into_owned();
+        let pid = shown
+            .split_once("pid=")
+            .and_then(|(_, rest)| rest.lines().next())
+            .and_then(|pid| pid.trim().parse().ok())
+            .and_then(rustix::process::Pid::from_raw)
+            .unwrap_or_else(|| panic!("no pid in {shown:?}"));
+        let addr = shown
+            .split_once("listening on ")
+            .and_then(|(_, rest)| rest.split_once(';'))
+            .and_then(|(addr, _)| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no listening line in {shown:?}"));
+        Some(InTheBackground {
+            screen,
+            typing,
+            pid,
+            addr,
+            go,
+            _script: script,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until the terminal shows `text`.
+    fn shows(&self, text: &str) -> String {
+        let shown = self.screen.wait(text, TIMEOUT, |bytes, _| {
+            String::from_utf8_lossy(bytes).contains(text)
+        });
+        String::from_utf8_lossy(&shown).into_owned()
+    }
+
+    /// Brings overhear to the foreground.
+    fn fg(&self) {
+        std::fs::write(&self.go, b"fg\n").expect("let the shell run fg");
+    }
+
+    /// Stops overhear with SIGTERM; returns what the terminal showed until the shell ended.
+    fn stop(&self) -> String {
+        rustix::process::kill_process(self.pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let shown = self
+            .screen
+            .wait("the end of the run", TIMEOUT, |_, closed| closed);
+        String::from_utf8_lossy(&shown).into_owned()
+    }
+}
+
+impl Drop for InTheBackground {
+    /// Whatever happened, the server does not outlive the test (the shell is reaped after).
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+    }
+}
+
 /// `overhear --stdin always &` in a terminal cannot read it while in the background: a read
 /// fails (EIO, since overhear ignores SIGTTIN rather than being stopped by it) and is tried again
 /// a second later, rather than ending the input. Brought to the foreground (`fg`), it reads the
 /// line typed meanwhile and sends it.
 #[test]
 fn a_terminal_read_from_the_background_is_tried_again_after_fg() {
-    if !installed("script") || !installed("bash") || !installed("mkfifo") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "script, bash or mkfifo is missing"
-        );
-        eprintln!("skipped: script, bash or mkfifo is not installed");
+    let Some(mut background) = InTheBackground::start("always") else {
         return;
-    }
-    let dir = TempDir::new("background");
-    let go = dir.path("go");
-    let made = Command::new("mkfifo")
-        .arg(&go)
-        .status()
-        .expect("run mkfifo");
-    assert!(made.success(), "mkfifo {go}: {made}");
-    // The shell waits on the FIFO, not on the terminal, so that nothing but overhear reads what
-    // is typed until `fg`. The duration bounds the run if the test fails before its SIGTERM.
-    let command = format!(
-        "bash -c 'set -m; {} --port 0 --stdin always --duration 30s --color never -v & \
-         echo \"pid=$!\"; read line < {go}; fg > /dev/null'",
-        bin()
-    );
-    let mut script = Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run script");
-    let mut typing = script.stdin.take().expect("piped");
-    let screen = Received::from_reader(script.stdout.take().expect("piped"));
-    let guard = Reaped(script);
-    let shown = screen.wait("the listening line and the pid", TIMEOUT, |bytes, _| {
-        let text = String::from_utf8_lossy(bytes);
-        text.contains("connect with:") && text.contains("pid=")
-    });
-    let shown = String::from_utf8_lossy(&shown).into_owned();
-    let pid: i32 = shown
-        .split_once("pid=")
-        .and_then(|(_, rest)| rest.lines().next())
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {shown:?}"));
-    let pid = rustix::process::Pid::from_raw(pid).expect("a pid");
-    // Whatever happens below, the server does not outlive the test.
-    struct Killed(rustix::process::Pid);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = rustix::process::kill_process(self.0, rustix::process::Signal::KILL);
-        }
-    }
-    let killed = Killed(pid);
-    let addr: std::net::SocketAddr = shown
-        .split_once("listening on ")
-        .and_then(|(_, rest)| rest.split_once(';'))
-        .and_then(|(addr, _)| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no listening line in {shown:?}"));
-    let stream = connect(addr);
+    };
+    let stream = connect(background.addr);
     let received = Received::start(&stream);
-    screen.wait("client 1 connected", TIMEOUT, |bytes, _| {
-        String::from_utf8_lossy(bytes).contains("client 1 connected")
-    });
-    typing
+    background.shows("client 1 connected");
+    background
+        .typing
         .write_all(b"typed in the background\n")
         .expect("type");
-    screen.wait(
-        "the failed read from the background",
-        TIMEOUT,
-        |bytes, _| {
-            String::from_utf8_lossy(bytes).contains("cannot read the terminal from the background")
-        },
-    );
-    std::fs::write(&go, b"fg\n").expect("let the shell run fg");
+    background.shows("cannot read the terminal from the background");
+    background.fg();
     received.wait_for(b"typed in the background\n");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let screen = background.stop();
     assert_eq!(received.until_eof(), b"typed in the background\n");
-    let screen = screen.wait("the end of the run", TIMEOUT, |_, closed| closed);
-    let screen = String::from_utf8_lossy(&screen);
     assert!(
         !screen.contains("cannot read input"),
         "the input was given up:\n{screen}"
     );
-    drop(killed);
-    drop(guard);
+}
+
+/// `overhear &` (the default, `--stdin auto`) in a terminal does not read it: the terminal stays
+/// the shell's, and overhear is not stopped for reading it.
+#[test]
+fn auto_does_not_read_a_terminal_it_is_in_the_background_of() {
+    let Some(background) = InTheBackground::start("auto") else {
+        return;
+    };
+    let said = background.shows("reading stdin");
+    assert!(said.contains("not reading stdin"), "{said}");
+    background.fg();
+    let screen = background.stop();
+    assert!(!screen.contains("cannot read"), "{screen}");
 }
 
 /// Escapes read as overhear writes them (`\x00\xff\\` is three bytes), `--raw` sends the text as
