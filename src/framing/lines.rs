@@ -183,6 +183,22 @@ mod tests {
         out
     }
 
+    /// A delimiter other than `\n` ends messages with itself: a `\r` before it is part of the
+    /// message, and each piece says which byte ended it.
+    #[test]
+    fn a_delimiter_keeps_a_cr_and_names_itself() {
+        let mut framer = LineFramer::with_delimiter(64, b';');
+        let mut out = Vec::new();
+        framer.push(b"a\r;b;", |p| out.push((p.bytes.to_vec(), p.end)));
+        assert_eq!(
+            out,
+            [
+                (b"a\r".to_vec(), LineEnd::Delimiter(b';')),
+                (b"b".to_vec(), LineEnd::Delimiter(b';')),
+            ]
+        );
+    }
+
     /// Frames `chunks` and joins every piece's bytes and line end: the stream itself.
     fn rebuilt(max: usize, chunks: &[&[u8]]) -> Vec<u8> {
         let mut framer = LineFramer::new(max);
