@@ -189,26 +189,11 @@ fn auto_reads_a_terminal_and_not_a_pipe() {
         "{} --host 127.0.0.1 --port 0 --duration 0 --color never",
         bin()
     );
-    let mut script = Command::new("script")
-        .args(["-qfec", &command, "/dev/null"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run script");
-    let mut typing = script.stdin.take().expect("piped");
-    let screen = Received::from_reader(script.stdout.take().expect("piped"));
-    let guard = Reaped(script);
+    let (mut typing, screen, guard) = in_a_terminal(&command);
     let shown = screen.wait("the listening line", TIMEOUT, |bytes, _| {
         String::from_utf8_lossy(bytes).contains("connect with:")
     });
-    let shown = String::from_utf8_lossy(&shown).into_owned();
-    let addr: std::net::SocketAddr = shown
-        .split_once("listening on ")
-        .and_then(|(_, rest)| rest.split_once(';'))
-        .and_then(|(addr, _)| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no listening line in {shown:?}"));
+    let addr = listening_addr(&String::from_utf8_lossy(&shown));
     let stream = connect(addr);
     let received = Received::start(&stream);
     screen.wait("client 1 connected", TIMEOUT, |bytes, _| {
@@ -228,6 +213,31 @@ fn auto_reads_a_terminal_and_not_a_pipe() {
     server.type_bytes(b"typed into a pipe\n");
     let finished = server.stop(Signal::TERM);
     assert_eq!(received.until_eof(), b"", "{finished}");
+}
+
+/// Runs `command` in a terminal of its own (a pty made by `script`): the keyboard, what the
+/// terminal shows, and the guard that reaps it.
+fn in_a_terminal(command: &str) -> (std::process::ChildStdin, Received, Reaped) {
+    let mut script = Command::new("script")
+        .args(["-qfec", command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script");
+    let typing = script.stdin.take().expect("piped");
+    let screen = Received::from_reader(script.stdout.take().expect("piped"));
+    (typing, screen, Reaped(script))
+}
+
+/// The address in the `listening on ADDR;` line that `shown` holds.
+fn listening_addr(shown: &str) -> std::net::SocketAddr {
+    shown
+        .split_once("listening on ")
+        .and_then(|(_, rest)| rest.split_once(';'))
+        .and_then(|(addr, _)| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no listening line in {shown:?}"))
 }
 
 /// overhear started with `&` in a terminal (a pty made by `script`, in bash with job control):
@@ -269,17 +279,7 @@ impl InTheBackground {
              echo \"pid=$!\"; read line < {go}; fg > /dev/null'",
             bin()
         );
-        let mut script = Command::new("script")
-            .args(["-qfec", &command, "/dev/null"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run script");
-        let typing = script.stdin.take().expect("piped");
-        let screen = Received::from_reader(script.stdout.take().expect("piped"));
-        let script = Reaped(script);
+        let (typing, screen, script) = in_a_terminal(&command);
         let shown = screen.wait("the listening line and the pid", TIMEOUT, |bytes, _| {
             let text = String::from_utf8_lossy(bytes);
             text.contains("connect with:") && text.contains("pid=")
@@ -291,11 +291,7 @@ impl InTheBackground {
             .and_then(|pid| pid.trim().parse().ok())
             .and_then(rustix::process::Pid::from_raw)
             .unwrap_or_else(|| panic!("no pid in {shown:?}"));
-        let addr = shown
-            .split_once("listening on ")
-            .and_then(|(_, rest)| rest.split_once(';'))
-            .and_then(|(addr, _)| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no listening line in {shown:?}"));
+        let addr = listening_addr(&shown);
         Some(InTheBackground {
             screen,
             typing,
