@@ -584,3 +584,20 @@ fn text_hiding_characters_are_escaped_and_round_trip() {
     assert_eq!(event["data"], "x\u{202e}y");
     server.stop(Signal::TERM).assert_success();
 }
+
+/// `overhear --man | head -0`: a reader gone before the manual is written ends the run quietly,
+/// with status 0, as for any filter.
+#[test]
+fn a_reader_gone_before_the_manual_is_no_error() {
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    drop(read);
+    let child = Command::new(crate::common::bin())
+        .arg("--man")
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run overhear");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}

@@ -719,3 +719,23 @@ fn listen_backlog_is_deep_by_default_and_settable() {
     let server = Spawned::start(&["--backlog", "77"]);
     assert_eq!(listen_queue(server.addr().port()), 77);
 }
+
+/// The summary table follows the summary line when there were clients, and not when there were
+/// none.
+#[test]
+fn the_summary_table_comes_with_clients_only() {
+    let mut server = Spawned::start(&[]);
+    let finished = server.stop(Signal::TERM);
+    finished.assert_stderr_has("served 0 clients");
+    assert!(
+        !finished.stderr.contains("client  peer"),
+        "a table without clients\n{finished}"
+    );
+    let mut server = Spawned::start(&[]);
+    let mut client = server.connect_numbered(1);
+    send(&mut client, b"hi\n");
+    server.wait_stdout("[1] hi", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    finished.assert_stderr_has("client  peer");
+    finished.assert_stderr_has(" total  1 client");
+}
