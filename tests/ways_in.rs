@@ -462,12 +462,8 @@ fn udp_and_unix_clients_are_answered() {
         .collect();
     assert_eq!(sent, ["hello\n", "pong\n", "last\n"], "{finished}");
     // The stop ends the source with its disconnect event, its counts in it.
-    let disconnect = finished
-        .stdout
-        .lines()
-        .find(|line| line.contains(r#""event":"disconnect""#))
-        .unwrap_or_else(|| panic!("no disconnect event\n{finished}"));
-    let disconnect: serde_json::Value = serde_json::from_str(disconnect).expect("JSON");
+    let disconnect = line_with(&finished.stdout, r#""event":"disconnect""#);
+    let disconnect: serde_json::Value = serde_json::from_str(&disconnect).expect("JSON");
     assert_eq!(disconnect["sent"], 21, "{disconnect}");
     assert_eq!(disconnect["messages"], 1, "{disconnect}");
 
@@ -624,7 +620,7 @@ fn refused_udp_sources_are_warned_about_a_few_times_a_second() {
         let parts: Vec<f64> = time.split(':').map(|p| p.parse().expect("time")).collect();
         ((parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0) as i64
     };
-    let start = millis(&server_line(&finished.stderr, "listening on"));
+    let start = millis(&line_with(&finished.stderr, "listening on"));
     let (first, last) = (millis(refusals[0]), millis(refusals[SOURCES - 1]));
     let one_window = last - start < 990 || (first - start > 1010 && last - first < 990);
     if one_window {
@@ -652,12 +648,11 @@ fn refused_udp_sources_are_warned_about_a_few_times_a_second() {
     finished.assert_stderr_has(&format!("receive buffer of udp://{addr}: {size} bytes"));
 }
 
-/// The first line of `stderr` that contains `needle`.
-fn server_line(stderr: &str, needle: &str) -> String {
-    stderr
-        .lines()
+/// The first line of `text` that contains `needle`.
+fn line_with(text: &str, needle: &str) -> String {
+    text.lines()
         .find(|line| line.contains(needle))
-        .unwrap_or_else(|| panic!("no {needle:?} in\n{stderr}"))
+        .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
         .to_owned()
 }
 

@@ -180,7 +180,7 @@ mod tests {
             assert_eq!(conn.queued().expect("FIONREAD"), 5, "{kind}");
             assert!(!conn.is_closed_by_peer(), "{kind}: bytes wait");
             assert!(!conn.has_buffered() && !conn.wants_write(), "{kind}");
-            assert!(conn.handshake(&peer_fd()).is_none(), "{kind}");
+            assert!(conn.handshake(&stop_pipe()).is_none(), "{kind}");
             conn.ack_now().expect("ack");
             let mut buf = [0; 16];
             assert_eq!(conn.read(&mut buf).expect("read"), 5, "{kind}");
@@ -204,7 +204,7 @@ mod tests {
     }
 
     /// A descriptor to hand `handshake` as its stop pipe.
-    fn peer_fd() -> std::os::fd::OwnedFd {
+    fn stop_pipe() -> std::os::fd::OwnedFd {
         rustix::pipe::pipe().expect("pipe").0
     }
 }
