@@ -332,6 +332,55 @@ fn a_burst_of_datagrams_is_printed_or_counted_as_dropped() {
     ));
 }
 
+/// A source first heard at the stop still gets its greeting: its datagram is read while the stop
+/// drains the socket, and what is queued for it is sent before the end. With nothing left to
+/// send, that does not hold the stop.
+///
+/// To have the late datagram read only at the stop, the server is stopped (SIGSTOP) while
+/// another source sends a full batch of 256 datagrams and then the late one arrives; it gets
+/// SIGTERM before it resumes; and its stdout is not read until it says it is stopping. Either
+/// the stop is seen first, or the first batch's 78 KB of lines fill the stdout pipe (64 KiB)
+/// and hold the receiver until then: the late datagram is the 257th, in the next batch.
+#[test]
+fn a_source_first_heard_at_the_stop_gets_its_greeting() {
+    const EARLY: usize = 256;
+    let mut server = Spawned::start_with_own_stdout(&["-u", "--greet", "hello\\n"]);
+    let addr = udp_addr(&server);
+    let early = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let late = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    late.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    server.signal(Signal::STOP);
+    // 257 datagrams of 300 bytes fit a receive buffer of the default size (208 KiB, doubled).
+    for k in 0..EARLY {
+        let datagram = format!("early {k:03} {}\n", "e".repeat(289));
+        early.send_to(datagram.as_bytes(), addr).expect("send");
+    }
+    late.send_to(b"late\n", addr).expect("send");
+    server.signal(Signal::TERM);
+    server.signal(Signal::CONT);
+    server.wait_stderr("signal received, stopping", TIMEOUT);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut server.take_stdout(), &mut stdout).expect("stdout");
+    let finished = server.wait_exit(TIMEOUT);
+    finished.assert_success();
+    let mut buf = [0; 64];
+    let (n, from) = late.recv_from(&mut buf).expect("the greeting");
+    assert_eq!((&buf[..n], from), (&b"hello\n"[..], addr), "{finished}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), EARLY + 1, "{stdout}");
+    assert_eq!(lines[EARLY], "[2] late", "{stdout}");
+    let took = finished
+        .stderr
+        .split_once("stopped 2 workers in ")
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("no stop line\n{finished}"));
+    let took = humantime::parse_duration(took).expect("a duration");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the stop took {took:?}"
+    );
+}
+
 /// One run on TCP, UDP and a Unix socket at once: one numbering, each connect line naming its
 /// listener, one summary; the stop ends all of them with nothing lost.
 #[test]

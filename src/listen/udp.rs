@@ -249,9 +249,8 @@ impl Receiver {
                     self.datagram(from, &buf[..n]);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return read,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 // An ICMP error for an earlier datagram sent back (echo, replies): not a reason to
-                // stop receiving.
+                // stop receiving. (A read that cannot block is never interrupted.)
                 Err(err) => debug!("{}: {}", self.spec, describe(&err)),
             }
         }
