@@ -242,6 +242,17 @@ fn own_certificates_and_their_errors() {
             line.contains("; TLS, certificate SHA-256 ") && !line.contains("made at start"),
             "{line}"
         );
+        // The fingerprint is the one openssl gives (`SHA256 Fingerprint=AB:…`).
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", &cert])
+            .output()
+            .expect("run openssl");
+        let openssl = String::from_utf8_lossy(&out.stdout);
+        let (_, expected) = openssl.trim().split_once('=').expect("a fingerprint");
+        assert!(
+            line.contains(&format!("certificate SHA-256 {expected};")),
+            "{line}\nopenssl: {openssl}"
+        );
         let mut stream = tls_client(server.addr().port(), Path::new(&cert));
         stream.write_all(b"trusted\n").expect("send");
         stream.flush().expect("flush");
@@ -266,11 +277,11 @@ fn own_certificates_and_their_errors() {
         ),
         (
             vec!["--tls-cert", &not_pem, "--tls-key", &other_key],
-            format!("error: cannot read the certificate {not_pem}: no PEM the certificate in it"),
+            format!("error: cannot read the certificate {not_pem}: no PEM certificate in it"),
         ),
         (
             vec!["--tls-cert", &cert, "--tls-key", &not_pem],
-            format!("error: cannot read the private key {not_pem}: no PEM the private key in it"),
+            format!("error: cannot read the private key {not_pem}: no PEM private key in it"),
         ),
     ] {
         let mut full = vec!["--tls", "--port", "0", "-d", "1s"];

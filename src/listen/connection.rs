@@ -10,7 +10,6 @@ use std::os::unix::net::UnixStream;
 use super::tls::{HandshakeFailure, TlsInfo, TlsStream};
 
 /// A client's connection, non-blocking.
-#[derive(Debug)]
 pub enum Connection {
     Tcp(TcpStream),
     Unix(UnixStream),

@@ -85,7 +85,7 @@ impl Tls {
         let builder = match &options.client_ca {
             Some(path) => {
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs(path, "the client CA")? {
+                for cert in read_certs(path, "client CA")? {
                     roots.add(cert).map_err(|err| {
                         Error::Tls(format!(
                             "cannot use the client CA {}: {err}",
@@ -121,9 +121,9 @@ impl Tls {
                 (chain, key, true)
             }
             Identity::Files { cert, key } => {
-                let chain = read_certs(cert, "the certificate")?;
+                let chain = read_certs(cert, "certificate")?;
                 let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|err| pem_error(key, "the private key", &err))?;
+                    .map_err(|err| pem_error(key, "private key", "private key", &err))?;
                 (chain, key, false)
             }
         };
@@ -195,30 +195,32 @@ fn generate(
     Ok((vec![made.cert.der().clone()], key, made.cert.pem()))
 }
 
-/// Every certificate in the PEM file at `path`; at least one.
+/// Every certificate in the PEM file at `path` (the `what`); at least one.
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|err| pem_error(path, what, &err))?
+        .map_err(|err| pem_error(path, what, "certificate", &err))?
         .collect::<Result<_, _>>()
-        .map_err(|err| pem_error(path, what, &err))?;
+        .map_err(|err| pem_error(path, what, "certificate", &err))?;
     if certs.is_empty() {
         return Err(pem_error(
             path,
             what,
+            "certificate",
             &rustls::pki_types::pem::Error::NoItemsFound,
         ));
     }
     Ok(certs)
 }
 
-fn pem_error(path: &Path, what: &str, err: &rustls::pki_types::pem::Error) -> Error {
+/// Why the `what` file at `path`, which holds `item`s, cannot be read: one line.
+fn pem_error(path: &Path, what: &str, item: &str, err: &rustls::pki_types::pem::Error) -> Error {
     use rustls::pki_types::pem::Error as Pem;
     let why = match err {
         Pem::Io(io) => crate::error::describe(io),
-        Pem::NoItemsFound => format!("no PEM {what} in it"),
+        Pem::NoItemsFound => format!("no PEM {item} in it"),
         other => format!("not valid PEM ({other})"),
     };
-    Error::Tls(format!("cannot read {what} {}: {why}", path.display()))
+    Error::Tls(format!("cannot read the {what} {}: {why}", path.display()))
 }
 
 /// SHA-256 of a certificate, as colon-separated hex pairs (how `openssl x509 -fingerprint
@@ -310,14 +312,6 @@ pub struct TlsStream {
     handshake_timeout: Duration,
     /// An error the session found outside a read, for the next read to report.
     failed: Option<rustls::Error>,
-}
-
-impl fmt::Debug for TlsStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsStream")
-            .field("sock", &self.sock)
-            .finish_non_exhaustive()
-    }
 }
 
 impl TlsStream {
@@ -533,4 +527,66 @@ impl Write for TlsStream {
 fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.subject().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::extensions::GeneralName;
+
+    use super::*;
+
+    /// The certificate made at start names `localhost`, `127.0.0.1` and `::1`, then each other
+    /// address listened on, once; an unspecified address (`0.0.0.0`, `::`) names no host.
+    #[test]
+    fn a_made_certificate_names_loopback_and_each_address_listened_on() {
+        let hosts: Vec<IpAddr> = [
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "10.1.2.3",
+            "fd00::7",
+        ]
+        .iter()
+        .map(|h| h.parse().expect("an address"))
+        .collect();
+        let (chain, _, pem) = generate(&hosts).expect("a certificate");
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+        let (_, cert) = x509_parser::parse_x509_certificate(chain[0].as_ref()).expect("X.509");
+        let names = cert
+            .subject_alternative_name()
+            .expect("one SAN extension")
+            .expect("a SAN extension");
+        let names: Vec<String> = names
+            .value
+            .general_names
+            .iter()
+            .map(|name| match name {
+                GeneralName::DNSName(dns) => (*dns).to_owned(),
+                GeneralName::IPAddress(bytes) => match <[u8; 4]>::try_from(*bytes) {
+                    Ok(v4) => IpAddr::from(v4).to_string(),
+                    Err(_) => {
+                        IpAddr::from(<[u8; 16]>::try_from(*bytes).expect("16 bytes")).to_string()
+                    }
+                },
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["localhost", "127.0.0.1", "::1", "10.1.2.3", "fd00::7"]
+        );
+    }
+
+    /// A fingerprint is SHA-256 as `openssl x509 -fingerprint -sha256` shows it: 32 pairs of
+    /// upper-case hex digits, colon-separated.
+    #[test]
+    fn fingerprints_are_sha256_in_openssl_form() {
+        let cert = CertificateDer::from(b"abc".to_vec());
+        assert_eq!(
+            fingerprint(&cert),
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:\
+             B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+    }
 }
