@@ -452,6 +452,25 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
 
+    /// Sizes are said in the largest binary unit that divides them exactly.
+    #[test]
+    fn sizes_take_the_largest_unit_that_divides_them() {
+        for (bytes, said) in [
+            (0, "0 bytes"),
+            (1, "1 byte"),
+            (100, "100 bytes"),
+            (1024, "1 KiB"),
+            (1536, "1536 bytes"),
+            (256 * 1024, "256 KiB"),
+            (1024 * 1024, "1 MiB"),
+            (1024 * 1024 + 1024, "1025 KiB"),
+            (3 * 1024 * 1024, "3 MiB"),
+            (5 * 1024 * 1024 * 1024, "5120 MiB"),
+        ] {
+            assert_eq!(size(bytes), said, "{bytes}");
+        }
+    }
+
     fn client(options: OutputOptions) -> ClientFormat {
         let addr: SocketAddr = "127.0.0.1:5000".parse().expect("literal");
         let mut format = ClientFormat::new(
