@@ -393,6 +393,29 @@ fn failed_and_stalled_handshakes_are_the_clients_own() {
     finished.assert_stderr_has("201 TLS handshakes failed");
 }
 
+/// A client that cuts its connection (a reset) halfway through its handshake is said to have
+/// closed it, at once: not a socket error, and not left to the handshake timeout (an hour here).
+#[test]
+fn a_reset_halfway_through_the_handshake_is_the_clients_close() {
+    let mut server = Spawned::start(&["--tls", "--tls-handshake-timeout", "1h"]);
+    let mut sock = crate::common::connect(server.addr());
+    // A handshake record's header and the first byte of a ClientHello: TLS, not all of it yet.
+    sock.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01])
+        .expect("send");
+    // The worker read them, and waits for the rest in the handshake.
+    crate::common::wait_read_by_server(&sock);
+    rustix::net::sockopt::set_socket_linger(&sock, Some(std::time::Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(sock);
+    server.wait_stderr(
+        "client 1: TLS handshake failed: the client closed the connection",
+        TIMEOUT,
+    );
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    finished.assert_stderr_has("1 TLS handshake failed");
+}
+
 /// A stop while 50 TLS clients stream. Half of them keep streaming through the stop: what is
 /// printed of each is, in order, every line it wrote up to some point, none cut or split. The
 /// other half wrote 2,000 lines each, every byte acknowledged by the server's kernel before the

@@ -975,6 +975,44 @@ pub fn wait_acknowledged(stream: &TcpStream) {
     }
 }
 
+/// Waits until the server has read every byte `stream` (IPv4) sent: its kernel acknowledged
+/// them, and the receive queue of its end of the connection, as `/proc/net/tcp` shows it, is
+/// empty.
+pub fn wait_read_by_server(stream: &TcpStream) {
+    wait_acknowledged(stream);
+    let end = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => panic!("an IPv4 connection"),
+    };
+    let server = end(stream.peer_addr().expect("peer address"));
+    let client = end(stream.local_addr().expect("local address"));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let queued = table
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields.len() > 4 && fields[1] == server && fields[2] == client)
+            .map(|fields| {
+                let (_, rx) = fields[4].split_once(':').expect("tx_queue:rx_queue");
+                u64::from_str_radix(rx, 16).expect("hex")
+            })
+            .unwrap_or_else(|| panic!("no {server} {client} in /proc/net/tcp"));
+        if queued == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never read {queued} bytes"
+        );
+        thread::sleep(POLL_STEP);
+    }
+}
+
 /// A seed that differs from run to run (print it, so a failure can be replayed).
 pub fn fresh_seed() -> u64 {
     let nanos = SystemTime::now()
