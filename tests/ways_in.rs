@@ -435,6 +435,40 @@ fn tcp_udp_and_unix_in_one_run() {
     assert!(!Path::new(&path).exists());
 }
 
+/// overhear in a PID namespace of its own (as in a container) cannot see the processes of Unix
+/// clients outside it: such a client is "a local process" with its uid, not "pid 0".
+#[test]
+fn a_client_whose_process_overhear_cannot_see_is_a_local_process() {
+    // Making a PID namespace takes privilege (root here); without it there is nothing to test.
+    let allowed = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !allowed {
+        eprintln!("skipped: cannot make a PID namespace with unshare");
+        return;
+    }
+    let dir = TempDir::new("pid-namespace");
+    let path = dir.path("n.sock");
+    // unshare does not pass SIGTERM on: the end of the test kills it, and overhear with it.
+    let server = Spawned::start_under(
+        &["unshare", "--pid", "--fork", "--kill-child"],
+        &["-U", &path],
+    );
+    let mut local = UnixStream::connect(&path).expect("connect");
+    std::io::Write::write_all(&mut local, b"from outside\n").expect("send");
+    let line = server.wait_stderr("client 1 connected from", TIMEOUT);
+    let uid = rustix::process::getuid().as_raw();
+    assert!(
+        line.ends_with(&format!(
+            "client 1 connected from a local process (uid {uid})"
+        )),
+        "{line}"
+    );
+    server.wait_stdout("[1] from outside", TIMEOUT);
+}
+
 /// Bad ways in are one line and exit 2 (usage) before anything listens.
 #[test]
 fn bad_ways_in_are_usage_errors() {

@@ -39,7 +39,19 @@ pub fn bin() -> &'static str {
 /// `overhear ARGS` with stdin null and stdout and stderr piped. The tests read info lines, so a
 /// `RUST_LOG` from the caller is removed.
 pub fn overhear(args: &[&str]) -> Command {
-    let mut command = Command::new(bin());
+    overhear_under(&[], args)
+}
+
+/// [`overhear`] run by `wrapper`, a program and its arguments (none: overhear itself).
+fn overhear_under(wrapper: &[&str], args: &[&str]) -> Command {
+    let mut command = match wrapper {
+        [] => Command::new(bin()),
+        [program, rest @ ..] => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(bin());
+            command
+        }
+    };
     command
         .args(args)
         .env_remove("RUST_LOG")
@@ -316,21 +328,27 @@ impl Spawned {
     /// Starts `overhear --host 127.0.0.1 --port 0 --duration 0 ARGS` (each default left out if
     /// `args` gives that flag) and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> Spawned {
-        Spawned::launch(args, true, false)
+        Spawned::launch(&[], args, true, false)
+    }
+
+    /// Like [`Spawned::start`], run by `wrapper` (a program and its arguments, which runs the
+    /// command after them: `unshare --pid --fork --kill-child`). Signals reach the wrapper.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Spawned {
+        Spawned::launch(wrapper, args, true, false)
     }
 
     /// Like [`Spawned::start`], but stdout is left for the test: see [`Spawned::take_stdout`].
     pub fn start_with_own_stdout(args: &[&str]) -> Spawned {
-        Spawned::launch(args, false, false)
+        Spawned::launch(&[], args, false, false)
     }
 
     /// Like [`Spawned::start`], with the server's stdin a pipe the test types into
     /// ([`Spawned::type_bytes`]).
     pub fn start_typing(args: &[&str]) -> Spawned {
-        Spawned::launch(args, true, true)
+        Spawned::launch(&[], args, true, true)
     }
 
-    fn launch(args: &[&str], capture_stdout: bool, typing: bool) -> Spawned {
+    fn launch(wrapper: &[&str], args: &[&str], capture_stdout: bool, typing: bool) -> Spawned {
         let mut full: Vec<&str> = Vec::new();
         // --host and --port go with a TCP or UDP listener only.
         let other_listener = args
@@ -348,7 +366,7 @@ impl Spawned {
         }
         full.extend_from_slice(args);
         let command = format!("overhear {}", full.join(" "));
-        let mut command_line = overhear(&full);
+        let mut command_line = overhear_under(wrapper, &full);
         if typing {
             command_line.stdin(Stdio::piped());
         }
