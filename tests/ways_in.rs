@@ -70,6 +70,11 @@ fn unix_clients_are_numbered_and_named_by_their_process() {
             rustix::process::getuid().as_raw(),
             "{connect}"
         );
+        assert_eq!(
+            connect["gid"],
+            rustix::process::getegid().as_raw(),
+            "{connect}"
+        );
         assert_eq!(connect["listener"], format!("unix:{path}"), "{connect}");
         let message = events
             .iter()
