@@ -102,8 +102,9 @@ fn unix_clients_are_numbered_and_named_by_their_process() {
     assert!(!Path::new(&path).exists(), "the socket file is left behind");
 }
 
-/// A stale socket file (nobody accepts on it) is replaced; a live one, and a file that is not a
-/// socket, are errors naming the path (exit 1), and are left alone.
+/// A stale socket file (nobody accepts on it) is replaced; a live one (even one whose backlog is
+/// full), and a file that is not a socket, are errors naming the path (exit 1), and are left
+/// alone.
 #[test]
 fn socket_files_are_replaced_only_when_stale() {
     let dir = TempDir::new("stale");
@@ -130,6 +131,37 @@ fn socket_files_are_replaced_only_when_stale() {
         "{stderr}"
     );
     server.stop(Signal::TERM);
+
+    // A live listener that accepts nothing, its backlog full: told at once, not waited on.
+    let busy = dir.path("busy.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&busy).expect("bind");
+    let mut queued = Vec::new();
+    for _ in 0..10_000 {
+        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_nonblocking(true).expect("non-blocking");
+        match socket.connect(&socket2::SockAddr::unix(&busy).expect("address")) {
+            Ok(()) => queued.push(socket),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => panic!("connect: {err}"),
+        }
+    }
+    assert!(queued.len() < 10_000, "the backlog never filled");
+    let out = run_to_end(&["-U", &busy, "-d", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot listen on unix:{busy}: another process listens on it (and accepts no \
+             more connections now)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        Path::new(&busy).exists(),
+        "the live socket file is left alone"
+    );
+    drop((queued, listener));
 
     let plain = dir.path("plain.txt");
     std::fs::write(&plain, "keep me").expect("write a file");

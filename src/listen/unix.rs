@@ -134,14 +134,25 @@ fn clear_stale(path: &Path) -> io::Result<()> {
             "a file that is not a socket is there; remove it or choose another path",
         ));
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::other("another process listens on it")),
+    match try_connect(path) {
+        Ok(()) => Err(io::Error::other("another process listens on it")),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(io::Error::other(
+            "another process listens on it (and accepts no more connections now)",
+        )),
         Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
             info!("replacing the stale socket file {}", path.display());
             fs::remove_file(path)
         }
         Err(err) => Err(err),
     }
+}
+
+/// Connects to the socket at `path` without waiting: a listener whose backlog is full says
+/// "try again" (`WouldBlock`) instead of holding the caller until it accepts.
+fn try_connect(path: &Path) -> io::Result<()> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.connect(&SockAddr::unix(path)?)
 }
 
 #[cfg(test)]
