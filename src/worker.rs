@@ -643,6 +643,7 @@ impl Worker {
             if self.buf.is_empty() {
                 self.buf = vec![0; QUIET_CHUNK];
             }
+            let asked = self.buf.len();
             match self.conn.read(&mut self.buf) {
                 Ok(0) => {
                     end = Some(End::Closed);
@@ -667,7 +668,7 @@ impl Worker {
                     // After the hand-over, so the output wait of the last owed bytes is left out
                     // of the drain limit too.
                     self.owed = self.owed.saturating_sub(n as u64);
-                    if n == self.buf.len() && n < READ_CHUNK_MAX {
+                    if n == asked && n < READ_CHUNK_MAX {
                         // More is waiting, most likely: read it in larger pieces, at once
                         // READ_CHUNK, past it only with a share of the large buffers.
                         let larger = (2 * n).clamp(READ_CHUNK, READ_CHUNK_MAX);
@@ -686,21 +687,25 @@ impl Worker {
                     if !self.draining && self.echo_held() {
                         break;
                     }
+                    // Less than the small buffer of a quiet client holds: the socket had nothing
+                    // more, and another read would only say so (a lone line costs one system
+                    // call less); the poll tells when more comes. Within a burst, where another
+                    // read often finds more, and in the drain, which counts what is owed, the
+                    // next read decides.
+                    if n < asked
+                        && asked == QUIET_CHUNK
+                        && !self.draining
+                        && self.conn.short_read_empties()
+                    {
+                        self.quiet();
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing more is owed, whatever FIONREAD said: a drain that still counted
                     // on it would spin here.
                     self.owed = 0;
-                    // Quiet for now: give the memory back until the client sends again, all but
-                    // the small buffer its next line is read into.
-                    self.hand_over();
-                    if self.buf.len() > QUIET_CHUNK {
-                        self.buf.truncate(QUIET_CHUNK);
-                        self.buf.shrink_to_fit();
-                    }
-                    self.lines = Vec::new();
-                    self.large = None;
-                    self.framer.shrink();
+                    self.quiet();
                     break;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -713,6 +718,19 @@ impl Worker {
         debug!("{}: read {total} bytes", self.id);
         self.hand_over();
         Ok(end)
+    }
+
+    /// The client is quiet for now: hands its lines over and gives the memory back until it
+    /// sends again, all but the small buffer its next line is read into.
+    fn quiet(&mut self) {
+        self.hand_over();
+        if self.buf.len() > QUIET_CHUNK {
+            self.buf.truncate(QUIET_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+        self.lines = Vec::new();
+        self.large = None;
+        self.framer.shrink();
     }
 
     /// Frames and formats the first `n` bytes of the read buffer (and echoes them if asked); with

@@ -68,6 +68,15 @@ impl Connection {
         }
     }
 
+    /// Whether a read that returned less than asked emptied what there was: true of a socket
+    /// read directly; a TLS session returns one record's bytes at a time.
+    pub fn short_read_empties(&self) -> bool {
+        match self {
+            Connection::Tls(_) => false,
+            Connection::Tcp(_) | Connection::Unix(_) => true,
+        }
+    }
+
     /// Whether bytes the connection took wait to be written to the socket (a TLS session's
     /// encrypted records): then poll for room and call [`Connection::flush_pending`].
     pub fn wants_write(&self) -> bool {
