@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::common::{
-    Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, installed, netcat_available, run_program,
-    run_to_end, send,
+    Finished, Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, installed, netcat_available,
+    run_program, run_to_end, send,
 };
 
 /// The address of a UDP listener from its `listening on udp://ADDR;` line.
@@ -238,16 +238,7 @@ fn udp_sources_are_clients() {
     };
     // Every source was live at the stop, and the stop ended each. With nothing waiting in the
     // socket, the receiver does not read on until the drain limit (2 s).
-    let took = finished
-        .stderr
-        .split_once(&format!("stopped {sources} workers in "))
-        .and_then(|(_, rest)| rest.lines().next())
-        .unwrap_or_else(|| panic!("no stop line\n{finished}"));
-    let took = humantime::parse_duration(took).expect("a duration");
-    assert!(
-        took < std::time::Duration::from_secs(2),
-        "the stop took {took:?}"
-    );
+    assert_stopped_within_drain_limit(&finished, sources);
     finished.assert_stderr_has("(udp)");
     finished.assert_stderr_has("the kernel dropped no datagram");
     assert!(
@@ -406,16 +397,7 @@ fn a_source_first_heard_at_the_stop_gets_its_greeting() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), EARLY + 1, "{stdout}");
     assert_eq!(lines[EARLY], "[2] late", "{stdout}");
-    let took = finished
-        .stderr
-        .split_once("stopped 2 workers in ")
-        .and_then(|(_, rest)| rest.lines().next())
-        .unwrap_or_else(|| panic!("no stop line\n{finished}"));
-    let took = humantime::parse_duration(took).expect("a duration");
-    assert!(
-        took < std::time::Duration::from_secs(2),
-        "the stop took {took:?}"
-    );
+    assert_stopped_within_drain_limit(&finished, 2);
 }
 
 /// One run on TCP, UDP and a Unix socket at once: one numbering, each connect line naming its
@@ -766,6 +748,21 @@ fn refused_udp_sources_are_warned_about_a_few_times_a_second() {
         .expect("a number");
     let size = 2 * rmem_max.min(8 * 1024 * 1024);
     finished.assert_stderr_has(&format!("receive buffer of udp://{addr}: {size} bytes"));
+}
+
+/// The stop of `workers` took less than the drain limit (2 s), as its `stopped N workers in T`
+/// line says: nothing kept it reading or sending until the limit.
+fn assert_stopped_within_drain_limit(finished: &Finished, workers: usize) {
+    let took = finished
+        .stderr
+        .split_once(&format!("stopped {workers} workers in "))
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("no stop line\n{finished}"));
+    let took = humantime::parse_duration(took).expect("a duration");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the stop took {took:?}"
+    );
 }
 
 /// The first line of `text` that contains `needle`.
