@@ -305,7 +305,8 @@ impl fmt::Display for HandshakeFailure {
     }
 }
 
-/// One client's TLS session over its socket (non-blocking).
+/// One client's TLS session over its socket (non-blocking: no call on it waits, so none is
+/// interrupted by a signal).
 pub struct TlsStream {
     sock: TcpStream,
     session: ServerConnection,
@@ -337,7 +338,6 @@ impl TlsStream {
                 match self.session.write_tls(&mut self.sock) {
                     Ok(_) => continue,
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => blocked |= Flags::OUT,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                     Err(err) => return Err(HandshakeFailure::Io(err)),
                 }
             }
@@ -359,7 +359,6 @@ impl TlsStream {
                         continue;
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => blocked |= Flags::IN,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                     Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
                         return Err(HandshakeFailure::Closed);
                     }
@@ -455,11 +454,7 @@ impl TlsStream {
     /// `WouldBlock` when some are left; others as the socket says.
     pub fn flush_tls(&mut self) -> io::Result<()> {
         while self.session.wants_write() {
-            match self.session.write_tls(&mut self.sock) {
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
+            self.session.write_tls(&mut self.sock)?;
         }
         Ok(())
     }
