@@ -564,9 +564,6 @@ impl Worker {
             match self.conn.write(&chunk.bytes()[offset..]) {
                 Ok(written) if offset + written == chunk.bytes().len() => self.sent_whole(&chunk),
                 Ok(written) => self.sending = Some((chunk, offset + written)),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
-                    self.sending = Some((chunk, offset));
-                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.sending = Some((chunk, offset));
                     return;
@@ -708,7 +705,6 @@ impl Worker {
                     self.quiet();
                     break;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     self.hand_over();
                     return Err(err);
@@ -794,7 +790,6 @@ impl Worker {
                         rest = &rest[written..];
                         self.sent += written as u64;
                     }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) => {
                         debug!("{}: cannot echo: {}", self.id, describe(&err));

@@ -9,7 +9,8 @@ use std::os::unix::net::UnixStream;
 
 use super::tls::{HandshakeFailure, TlsInfo, TlsStream};
 
-/// A client's connection, non-blocking.
+/// A client's connection, non-blocking: no call on it waits, so none is interrupted by a signal
+/// (no caller needs a case for `Interrupted`).
 pub enum Connection {
     Tcp(TcpStream),
     Unix(UnixStream),
