@@ -654,8 +654,9 @@ impl Acceptor<'_> {
                 }
                 Err(err) => match err.kind() {
                     io::ErrorKind::WouldBlock => return Duration::ZERO,
-                    // The client gave up while queued, or a signal arrived: nothing to do.
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted => {}
+                    // The client gave up while queued (the BSDs say so): nothing to do. (The
+                    // listener does not block, so no signal interrupts an accept.)
+                    io::ErrorKind::ConnectionAborted => {}
                     _ => {
                         // Out of descriptors, typically: say so once, not every back-off.
                         let level = if self.starved {
@@ -691,7 +692,6 @@ impl Acceptor<'_> {
                         queued += 1;
                         self.take(i, conn, peer, workers, summary);
                     }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                     Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(_) => break,
                 }
