@@ -395,6 +395,7 @@ fn failed_and_stalled_handshakes_are_the_clients_own() {
 
 /// A client that cuts its connection (a reset) halfway through its handshake is said to have
 /// closed it, at once: not a socket error, and not left to the handshake timeout (an hour here).
+/// One that sends bytes that are not TLS, and not text either, gets rustls's reason.
 #[test]
 fn a_reset_halfway_through_the_handshake_is_the_clients_close() {
     let mut server = Spawned::start(&["--tls", "--tls-handshake-timeout", "1h"]);
@@ -411,9 +412,20 @@ fn a_reset_halfway_through_the_handshake_is_the_clients_close() {
         "client 1: TLS handshake failed: the client closed the connection",
         TIMEOUT,
     );
+    // Bytes that are neither a TLS record nor text are not called plain text: rustls refuses
+    // them, in its own words.
+    let mut binary = crate::common::connect(server.addr());
+    binary
+        .write_all(&[0x80, 0x00, 0x01, 0x02, 0x03, 0x04])
+        .expect("send");
+    let line = server.wait_stderr("client 2: TLS handshake failed: ", TIMEOUT);
+    assert!(
+        line.ends_with("TLS handshake failed: received corrupt message of type InvalidContentType"),
+        "{line}"
+    );
     let finished = server.stop(Signal::TERM);
     finished.assert_success();
-    finished.assert_stderr_has("1 TLS handshake failed");
+    finished.assert_stderr_has("2 TLS handshakes failed");
 }
 
 /// A stop while 50 TLS clients stream. Half of them keep streaming through the stop: what is
