@@ -478,11 +478,11 @@ impl Read for TlsStream {
             match self.session.reader().read(buf) {
                 Ok(n) => return Ok(n),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                // The socket closed without close_notify: an end like any other for a listener.
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(err) => return Err(err),
             }
             match self.session.read_tls(&mut self.sock) {
+                // The socket's end, with close_notify or without: an end like any other for a
+                // listener. (Only after this would rustls call a bare end `UnexpectedEof`.)
                 Ok(0) => return Ok(0),
                 Ok(_) => {
                     if let Err(err) = self.session.process_new_packets() {
