@@ -573,6 +573,104 @@ mod tests {
         );
     }
 
+    /// Plaintext written through a socket without room: every byte `write` says it took arrives
+    /// once, in order. The socket (4 KiB to send, 4 KiB for the client to receive) fills at the
+    /// first write: the session keeps what the socket did not take, and the next writes wait
+    /// until the client reads.
+    #[test]
+    fn what_write_takes_arrives_once_through_a_full_socket() {
+        use std::net::TcpListener;
+        use std::sync::mpsc;
+
+        let dir = std::env::temp_dir().join(format!("overhear-tls-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let cert = dir.join("cert.pem");
+        let options = TlsOptions {
+            identity: Identity::Generated {
+                cert_out: Some(cert.clone()),
+            },
+            ..TlsOptions::default()
+        };
+        let tls = Tls::build(&options, &[]).expect("TLS");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (go, read_now) = mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+            socket.connect(&addr.into()).expect("connect");
+            let mut roots = RootCertStore::empty();
+            for der in CertificateDer::pem_file_iter(&cert).expect("the certificate") {
+                roots.add(der.expect("PEM")).expect("trusted");
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+            let session = rustls::ClientConnection::new(Arc::new(config), name).expect("session");
+            let mut stream = rustls::StreamOwned::new(session, TcpStream::from(socket));
+            while stream.conn.is_handshaking() {
+                stream
+                    .conn
+                    .complete_io(&mut stream.sock)
+                    .expect("handshake");
+            }
+            // Nothing read until the server's socket is full.
+            read_now.recv().expect("the go");
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).map(|_| back)
+        });
+        let (sock, _) = listener.accept().expect("accept");
+        sock.set_nonblocking(true).expect("non-blocking");
+        socket2::SockRef::from(&sock)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+        let mut server = tls.accept(sock).expect("a session");
+        let (_stop_read, stop) = rustix::pipe::pipe().expect("pipe");
+        server.handshake(&stop).expect("the handshake");
+        let wait_for_room = |server: &TlsStream| {
+            let mut fds = [Fd::new(server.socket(), Flags::OUT)];
+            poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
+        };
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut taken, mut blocked) = (0, 0);
+        for _ in 0..1_000_000 {
+            if taken == data.len() {
+                break;
+            }
+            match server.write(&data[taken..(taken + 65_536).min(data.len())]) {
+                Ok(n) => taken += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if blocked == 0 {
+                        go.send(()).expect("the client waits");
+                    }
+                    blocked += 1;
+                    wait_for_room(&server);
+                }
+                Err(err) => panic!("write: {err}"),
+            }
+        }
+        assert_eq!(taken, data.len(), "not everything was taken");
+        server.close();
+        for _ in 0..1_000_000 {
+            match server.flush_tls() {
+                Ok(()) => break,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => wait_for_room(&server),
+                Err(err) => panic!("flush: {err}"),
+            }
+        }
+        drop(server);
+        let back = client.join().expect("client").expect("read to the end");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(blocked > 0, "the socket never filled");
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "the bytes differ");
+    }
+
     /// A fingerprint is SHA-256 as `openssl x509 -fingerprint -sha256` shows it: 32 pairs of
     /// upper-case hex digits, colon-separated.
     #[test]
