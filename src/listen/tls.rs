@@ -630,7 +630,8 @@ mod tests {
             .set_send_buffer_size(4096)
             .expect("SO_SNDBUF");
         let mut server = tls.accept(sock).expect("a session");
-        let (_stop_read, stop) = rustix::pipe::pipe().expect("pipe");
+        // A stop pipe nobody writes to.
+        let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
         let wait_for_room = |server: &TlsStream| {
             let mut fds = [Fd::new(server.socket(), Flags::OUT)];
