@@ -1614,30 +1614,14 @@ mod tests {
     /// fails, and sending ends rather than waiting for room that never comes.
     #[test]
     fn a_failed_tls_flush_ends_sending() {
-        use crate::listen::tls::{Identity, Tls, TlsOptions};
-        use rustls::pki_types::pem::PemObject;
         let shutdown = Shutdown::new().expect("pipe");
-        let cert =
-            std::env::temp_dir().join(format!("overhear-worker-tls-{}.pem", std::process::id()));
-        let options = TlsOptions {
-            identity: Identity::Generated {
-                cert_out: Some(cert.clone()),
-            },
-            ..TlsOptions::default()
-        };
-        let tls = Tls::build(&options, &[[127, 0, 0, 1].into()]).expect("TLS");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = std::net::TcpStream::connect(addr).expect("connect");
-        let (stream, peer) = listener.accept().expect("accept");
-        stream.set_nonblocking(true).expect("non-blocking");
-        socket2::SockRef::from(&stream)
-            .set_send_buffer_size(4096)
-            .expect("send buffer");
-        socket2::SockRef::from(&client)
-            .set_recv_buffer_size(4096)
-            .expect("receive buffer");
-        let conn = Connection::Tls(Box::new(tls.accept(stream).expect("a session")));
+        let crate::listen::tls::testing::Pair {
+            server,
+            addr,
+            peer,
+            client,
+        } = crate::listen::tls::testing::pair();
+        let conn = Connection::Tls(Box::new(server));
         let mut worker = worker_for(
             conn,
             Peer::ip(peer),
@@ -1645,25 +1629,8 @@ mod tests {
             &shutdown,
             Duration::from_secs(3600),
         );
-        let mut roots = rustls::RootCertStore::empty();
-        for der in rustls::pki_types::CertificateDer::pem_file_iter(&cert).expect("the cert") {
-            roots.add(der.expect("PEM")).expect("trusted");
-        }
-        let _ = std::fs::remove_file(&cert);
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let session = rustls::ClientConnection::new(Arc::new(config), name).expect("session");
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
         let handshake = std::thread::spawn(move || {
-            let mut stream = rustls::StreamOwned::new(session, client);
+            let mut stream = client;
             stream
                 .conn
                 .complete_io(&mut stream.sock)

@@ -524,6 +524,82 @@ fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
     Some(parsed.subject().to_string())
 }
 
+/// A TLS connection over loopback for unit tests, with little room in its sockets.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConnection, RootCertStore, StreamOwned};
+
+    use super::{Identity, Tls, TlsOptions, TlsStream};
+
+    /// Both ends of one connection, neither handshake begun.
+    pub struct Pair {
+        /// The server's end: non-blocking, 4 KiB to send.
+        pub server: TlsStream,
+        /// The address the client connected to, and the client's own.
+        pub addr: SocketAddr,
+        pub peer: SocketAddr,
+        /// The client's end: blocking (reads time out after 10 s), 4 KiB to receive, trusting
+        /// the certificate the server made at start.
+        pub client: StreamOwned<ClientConnection, TcpStream>,
+    }
+
+    pub fn pair() -> Pair {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let cert = std::env::temp_dir().join(format!(
+            "overhear-unit-tls-{}-{}.pem",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let options = TlsOptions {
+            identity: Identity::Generated {
+                cert_out: Some(cert.clone()),
+            },
+            ..TlsOptions::default()
+        };
+        let tls = Tls::build(&options, &[]).expect("TLS");
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(&cert).expect("the certificate") {
+            roots.add(der.expect("PEM")).expect("trusted");
+        }
+        let _ = std::fs::remove_file(&cert);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect");
+        let client = TcpStream::from(socket);
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let (sock, peer) = listener.accept().expect("accept");
+        sock.set_nonblocking(true).expect("non-blocking");
+        socket2::SockRef::from(&sock)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("a name");
+        let session = ClientConnection::new(Arc::new(config), name).expect("a session");
+        Pair {
+            server: tls.accept(sock).expect("a session"),
+            addr,
+            peer,
+            client: StreamOwned::new(session, client),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use x509_parser::extensions::GeneralName;
@@ -579,57 +655,26 @@ mod tests {
     /// until the client reads.
     #[test]
     fn what_write_takes_arrives_once_through_a_full_socket() {
-        use std::net::TcpListener;
         use std::sync::mpsc;
 
-        let dir = std::env::temp_dir().join(format!("overhear-tls-full-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a directory");
-        let cert = dir.join("cert.pem");
-        let options = TlsOptions {
-            identity: Identity::Generated {
-                cert_out: Some(cert.clone()),
-            },
-            ..TlsOptions::default()
-        };
-        let tls = Tls::build(&options, &[]).expect("TLS");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("address");
+        let testing::Pair {
+            mut server,
+            mut client,
+            ..
+        } = testing::pair();
         let (go, read_now) = mpsc::channel::<()>();
         let client = std::thread::spawn(move || {
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                .expect("socket");
-            socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-            socket.connect(&addr.into()).expect("connect");
-            let mut roots = RootCertStore::empty();
-            for der in CertificateDer::pem_file_iter(&cert).expect("the certificate") {
-                roots.add(der.expect("PEM")).expect("trusted");
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
-            let session = rustls::ClientConnection::new(Arc::new(config), name).expect("session");
-            let mut stream = rustls::StreamOwned::new(session, TcpStream::from(socket));
-            while stream.conn.is_handshaking() {
-                stream
+            while client.conn.is_handshaking() {
+                client
                     .conn
-                    .complete_io(&mut stream.sock)
+                    .complete_io(&mut client.sock)
                     .expect("handshake");
             }
             // Nothing read until the server's socket is full.
             read_now.recv().expect("the go");
             let mut back = Vec::new();
-            stream.read_to_end(&mut back).map(|_| back)
+            client.read_to_end(&mut back).map(|_| back)
         });
-        let (sock, _) = listener.accept().expect("accept");
-        sock.set_nonblocking(true).expect("non-blocking");
-        socket2::SockRef::from(&sock)
-            .set_send_buffer_size(4096)
-            .expect("SO_SNDBUF");
-        let mut server = tls.accept(sock).expect("a session");
         // A stop pipe nobody writes to.
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
@@ -666,7 +711,6 @@ mod tests {
         }
         drop(server);
         let back = client.join().expect("client").expect("read to the end");
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(blocked > 0, "the socket never filled");
         assert_eq!(back.len(), data.len());
         assert!(back == data, "the bytes differ");
