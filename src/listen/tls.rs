@@ -338,6 +338,10 @@ impl TlsStream {
                 match self.session.write_tls(&mut self.sock) {
                     Ok(_) => continue,
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => blocked |= Flags::OUT,
+                    // A client that resets while the server's flight is on its way.
+                    Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                        return Err(HandshakeFailure::Closed);
+                    }
                     Err(err) => return Err(HandshakeFailure::Io(err)),
                 }
             }
@@ -528,6 +532,7 @@ fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod testing {
     use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::path::PathBuf;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -545,17 +550,13 @@ pub(crate) mod testing {
         pub addr: SocketAddr,
         pub peer: SocketAddr,
         /// The client's end: blocking (reads time out after 10 s), 4 KiB to receive, trusting
-        /// the certificate the server made at start.
+        /// the server's certificate.
         pub client: StreamOwned<ClientConnection, TcpStream>,
     }
 
+    /// A pair whose server uses a certificate made at start.
     pub fn pair() -> Pair {
-        static MADE: AtomicUsize = AtomicUsize::new(0);
-        let cert = std::env::temp_dir().join(format!(
-            "overhear-unit-tls-{}-{}.pem",
-            std::process::id(),
-            MADE.fetch_add(1, Ordering::Relaxed)
-        ));
+        let cert = temp_path("cert");
         let options = TlsOptions {
             identity: Identity::Generated {
                 cert_out: Some(cert.clone()),
@@ -568,6 +569,50 @@ pub(crate) mod testing {
             roots.add(der.expect("PEM")).expect("trusted");
         }
         let _ = std::fs::remove_file(&cert);
+        connect(&tls, roots)
+    }
+
+    /// A pair whose server sends, after its own certificate, `fillers` unrelated ones (about
+    /// 400 bytes each): a first flight as large as a user's long chain, which a socket with
+    /// little room cannot take at once.
+    pub fn padded_pair(fillers: usize) -> Pair {
+        let made = rcgen::generate_simple_self_signed(vec![String::from("localhost")])
+            .expect("a certificate");
+        let mut chain = made.cert.pem();
+        for i in 0..fillers {
+            let filler = rcgen::generate_simple_self_signed(vec![format!("filler-{i}.invalid")])
+                .expect("a filler");
+            chain.push_str(&filler.cert.pem());
+        }
+        let (cert, key) = (temp_path("chain"), temp_path("key"));
+        std::fs::write(&cert, chain).expect("write the chain");
+        std::fs::write(&key, made.signing_key.serialize_pem()).expect("write the key");
+        let options = TlsOptions {
+            identity: Identity::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            ..TlsOptions::default()
+        };
+        let tls = Tls::build(&options, &[]);
+        let _ = std::fs::remove_file(&cert);
+        let _ = std::fs::remove_file(&key);
+        let mut roots = RootCertStore::empty();
+        roots.add(made.cert.der().clone()).expect("trusted");
+        connect(&tls.expect("TLS"), roots)
+    }
+
+    fn temp_path(what: &str) -> PathBuf {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        std::env::temp_dir().join(format!(
+            "overhear-unit-tls-{}-{}-{what}.pem",
+            std::process::id(),
+            MADE.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Connects a client trusting `roots` to a session of `tls`.
+    fn connect(tls: &Tls, roots: RootCertStore) -> Pair {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address");
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -714,6 +759,70 @@ mod tests {
         assert!(blocked > 0, "the socket never filled");
         assert_eq!(back.len(), data.len());
         assert!(back == data, "the bytes differ");
+    }
+
+    /// A server whose first flight (100 extra certificates, about 40 KB) the socket could not
+    /// take, stopped while it waited for room: the session still holds the rest of the flight.
+    /// The client has sent its hello and read nothing.
+    fn stopped_mid_flight() -> testing::Pair {
+        let mut pair = testing::padded_pair(100);
+        let client = &mut pair.client;
+        client.conn.write_tls(&mut client.sock).expect("the hello");
+        let (stop, stop_writer) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&stop_writer, b"x").expect("the stop");
+        match pair.server.handshake(&stop) {
+            Err(HandshakeFailure::Stopped) => {}
+            other => panic!("a stopped handshake gave {other:?}"),
+        }
+        assert!(
+            pair.server.wants_write(),
+            "the socket took the whole flight"
+        );
+        pair
+    }
+
+    /// A first flight larger than the socket takes waits for room, and the handshake ends once
+    /// the client reads it.
+    #[test]
+    fn a_first_flight_the_socket_cannot_take_waits_for_room() {
+        let testing::Pair {
+            mut server,
+            mut client,
+            ..
+        } = stopped_mid_flight();
+        let client = std::thread::spawn(move || {
+            while client.conn.is_handshaking() {
+                client.conn.complete_io(&mut client.sock)?;
+            }
+            Ok::<_, io::Error>(client.conn.protocol_version())
+        });
+        // A stop pipe nobody writes to.
+        let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
+        let info = server.handshake(&stop).expect("the handshake");
+        assert_eq!(info.version, "TLS 1.3");
+        let version = client
+            .join()
+            .expect("client")
+            .expect("the client's handshake");
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+    }
+
+    /// A client that resets while the server's flight waits for room closed the connection: said
+    /// at once, as a reset read is, not as a socket error.
+    #[test]
+    fn a_reset_during_the_first_flight_is_a_close() {
+        let testing::Pair {
+            mut server, client, ..
+        } = stopped_mid_flight();
+        socket2::SockRef::from(&client.sock)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(client);
+        let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
+        match server.handshake(&stop) {
+            Err(HandshakeFailure::Closed) => {}
+            other => panic!("a reset during the flight gave {other:?}"),
+        }
     }
 
     /// A fingerprint is SHA-256 as `openssl x509 -fingerprint -sha256` shows it: 32 pairs of
