@@ -544,7 +544,7 @@ impl Worker {
         if self.cannot_send {
             return;
         }
-        match self.conn.flush_pending() {
+        match self.conn.flush() {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
             Err(err) => {

@@ -79,22 +79,11 @@ impl Connection {
     }
 
     /// Whether bytes the connection took wait to be written to the socket (a TLS session's
-    /// encrypted records): then poll for room and call [`Connection::flush_pending`].
+    /// encrypted records): then poll for room and [`Write::flush`].
     pub fn wants_write(&self) -> bool {
         match self {
             Connection::Tls(tls) => tls.wants_write(),
             Connection::Tcp(_) | Connection::Unix(_) => false,
-        }
-    }
-
-    /// Writes what [`Connection::wants_write`] says waits, as far as the socket takes it.
-    ///
-    /// # Errors
-    /// `WouldBlock` when some is left; others as the socket says.
-    pub fn flush_pending(&mut self) -> io::Result<()> {
-        match self {
-            Connection::Tls(tls) => tls.flush_tls(),
-            Connection::Tcp(_) | Connection::Unix(_) => Ok(()),
         }
     }
 
@@ -126,8 +115,13 @@ impl Write for Connection {
         }
     }
 
+    /// Writes what [`Connection::wants_write`] says waits, as far as the socket takes it:
+    /// `WouldBlock` when some is left.
     fn flush(&mut self) -> io::Result<()> {
-        self.flush_pending()
+        match self {
+            Connection::Tls(tls) => tls.flush(),
+            Connection::Tcp(_) | Connection::Unix(_) => Ok(()),
+        }
     }
 }
 

@@ -452,11 +452,9 @@ impl TlsStream {
         self.session.wants_write()
     }
 
-    /// Writes the encrypted bytes that wait, as far as the socket takes them.
-    ///
-    /// # Errors
-    /// `WouldBlock` when some are left; others as the socket says.
-    pub fn flush_tls(&mut self) -> io::Result<()> {
+    /// Writes the encrypted bytes that wait, as far as the socket takes them: `WouldBlock` when
+    /// some are left.
+    fn flush_tls(&mut self) -> io::Result<()> {
         while self.session.wants_write() {
             self.session.write_tls(&mut self.sock)?;
         }
@@ -723,6 +721,7 @@ mod tests {
         // A stop pipe nobody writes to.
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
+        assert!(!server.wants_write(), "the handshake left bytes to write");
         let wait_for_room = |server: &TlsStream| {
             let mut fds = [Fd::new(server.socket(), Flags::OUT)];
             poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
@@ -737,6 +736,10 @@ mod tests {
                 Ok(n) => taken += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if blocked == 0 {
+                        // Nothing read yet: a flush has no room either, and says so.
+                        let flushed = server.flush().map_err(|err| err.kind());
+                        assert_eq!(flushed, Err(io::ErrorKind::WouldBlock));
+                        assert!(server.wants_write());
                         go.send(()).expect("the client waits");
                     }
                     blocked += 1;
@@ -748,7 +751,7 @@ mod tests {
         assert_eq!(taken, data.len(), "not everything was taken");
         server.close();
         for _ in 0..1_000_000 {
-            match server.flush_tls() {
+            match server.flush() {
                 Ok(()) => break,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => wait_for_room(&server),
                 Err(err) => panic!("flush: {err}"),
@@ -759,6 +762,66 @@ mod tests {
         assert!(blocked > 0, "the socket never filled");
         assert_eq!(back.len(), data.len());
         assert!(back == data, "the bytes differ");
+    }
+
+    /// What a read would return without the socket is "buffered": decrypted bytes a short read
+    /// left, and the client's close_notify read with its last bytes. Nothing else is.
+    #[test]
+    fn buffered_is_what_a_read_returns_without_the_socket() {
+        let testing::Pair {
+            mut server,
+            mut client,
+            ..
+        } = testing::pair();
+        let client = std::thread::spawn(move || {
+            while client.conn.is_handshaking() {
+                client.conn.complete_io(&mut client.sock)?;
+            }
+            // One record of 4,000 bytes, then one of 1 byte with the close_notify after it.
+            client.write_all(&[b'a'; 4000])?;
+            client.flush()?;
+            client.write_all(b"b")?;
+            client.conn.send_close_notify();
+            client.flush()
+        });
+        let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
+        server.handshake(&stop).expect("the handshake");
+        assert!(!server.has_buffered(), "buffered before anything came");
+        client
+            .join()
+            .expect("client")
+            .expect("the client's sending");
+        // All of it is in the server's socket now: reads of 1,000 bytes take the first record
+        // in four.
+        let mut buf = [0; 1000];
+        let mut read = |server: &mut TlsStream| {
+            for _ in 0..1000 {
+                match server.read(&mut buf) {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        let mut fds = [Fd::new(server.socket(), Flags::IN)];
+                        poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
+                    }
+                    other => return other.expect("a read"),
+                }
+            }
+            panic!("nothing came");
+        };
+        for left in [3, 2, 1, 0] {
+            assert_eq!(read(&mut server), 1000);
+            if left > 0 {
+                assert!(
+                    server.has_buffered(),
+                    "{left} reads of the record left, not buffered"
+                );
+            }
+        }
+        // The second record and the close: the close is buffered once its byte is read.
+        assert_eq!(read(&mut server), 1);
+        assert!(
+            server.has_buffered(),
+            "the close_notify read is not buffered"
+        );
+        assert_eq!(read(&mut server), 0);
     }
 
     /// A server whose first flight (100 extra certificates, about 40 KB) the socket could not
