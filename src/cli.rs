@@ -1099,6 +1099,114 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
     }
 
+    /// Arguments updated from another command line (clap's `update_from`) are checked as
+    /// parsed ones are.
+    #[test]
+    fn updated_arguments_are_checked_too() {
+        let mut args = parse(&[]).expect("defaults");
+        let err = args
+            .try_update_from(["overhear", "--raw", "--format", "json"])
+            .expect_err("raw JSON");
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        args.try_update_from(["overhear", "--output", "out.log"])
+            .expect("an output file");
+        assert_eq!(args.output_path(), Some(std::path::Path::new("out.log")));
+        assert_eq!(parse(&[]).expect("defaults").output_path(), None);
+    }
+
+    #[test]
+    fn tls_flags_reach_the_config() {
+        let config = parse(&[
+            "--tls",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+            "--tls-alpn",
+            "h2,http/1.1",
+            "--tls-handshake-timeout",
+            "3s",
+        ])
+        .expect("valid")
+        .into_config();
+        assert_eq!(
+            config.listen,
+            [Spec::Tls("127.0.0.1:7878".parse().expect("literal"))]
+        );
+        assert_eq!(
+            config.tls,
+            Some(TlsOptions {
+                identity: Identity::Files {
+                    cert: "c.pem".into(),
+                    key: "k.pem".into()
+                },
+                client_ca: Some("ca.pem".into()),
+                alpn: vec![String::from("h2"), String::from("http/1.1")],
+                handshake_timeout: Duration::from_secs(3),
+            })
+        );
+        let tls = |args: &[&str]| parse(args).expect("valid").into_config().tls;
+        assert_eq!(
+            tls(&["--tls", "--tls-cert-out", "made.pem"]).map(|t| t.identity),
+            Some(Identity::Generated {
+                cert_out: Some("made.pem".into())
+            })
+        );
+        assert_eq!(tls(&[]), Some(TlsOptions::default()));
+        for flag in ["--tls-cert-out", "--tls-client-ca", "--tls-alpn"] {
+            let err = parse(&[flag, "x"]).expect_err("a TLS flag without TLS");
+            assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument, "{flag}");
+            assert!(
+                err.to_string().contains(&format!("{flag} sets up TLS")),
+                "{err}"
+            );
+        }
+        parse(&["--listen", "tls://127.0.0.1:0", "--tls-alpn", "h2"]).expect("a TLS listener");
+    }
+
+    #[test]
+    fn greet_reads_escapes_unless_raw() {
+        let greeting = |args: &[&str]| {
+            let config = parse(args).expect("valid").into_config();
+            config.worker.greeting.map(|m| m.bytes().to_vec())
+        };
+        assert_eq!(greeting(&[]), None);
+        assert_eq!(
+            greeting(&["--greet", "hi\\x21\\r\\n"]),
+            Some(b"hi!\r\n".to_vec())
+        );
+        assert_eq!(
+            greeting(&["--raw", "--greet", "hi\\x21"]),
+            Some(b"hi\\x21".to_vec())
+        );
+        let err = parse(&["--greet", "a\\qb"]).expect_err("an unknown escape");
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("the backslash at byte 2"), "{err}");
+    }
+
+    /// Colored output only where the messages go to a terminal: never into an `--output` file.
+    #[test]
+    fn color_is_for_a_terminal_stdout() {
+        let color = |args: &[&str]| {
+            parse(args)
+                .expect("valid")
+                .into_config()
+                .worker
+                .output
+                .color
+        };
+        let no_color = std::env::var("NO_COLOR").ok();
+        let terminal = std::io::stdout().is_terminal();
+        assert_eq!(
+            color(&[]),
+            ColorChoice::Auto.resolve(terminal, no_color.as_deref())
+        );
+        assert!(!color(&["--output", "out.log"]));
+        assert!(color(&["--output", "out.log", "--color", "always"]));
+    }
+
     #[test]
     fn help_epilogue_fits_80_columns() {
         for line in epilogue().lines() {
