@@ -686,14 +686,12 @@ impl Worker {
                     }
                     // Less than the small buffer of a quiet client holds: the socket had nothing
                     // more, and another read would only say so (a lone line costs one system
-                    // call less); the poll tells when more comes. Within a burst, where another
-                    // read often finds more, and in the drain, which counts what is owed, the
-                    // next read decides.
-                    if n < asked
-                        && asked == QUIET_CHUNK
-                        && !self.draining
-                        && self.conn.short_read_empties()
-                    {
+                    // call less); the poll tells when more comes. (A TLS session may have read
+                    // only part of what the socket holds, or hold more plaintext: the poll sees
+                    // the former, and `wait` asks the session for the latter before it polls.)
+                    // Within a burst, where another read often finds more, and in the drain,
+                    // which counts what is owed, the next read decides.
+                    if n < asked && asked == QUIET_CHUNK && !self.draining {
                         self.quiet();
                         break;
                     }

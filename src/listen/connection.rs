@@ -69,15 +69,6 @@ impl Connection {
         }
     }
 
-    /// Whether a read that returned less than asked emptied what there was: true of a socket
-    /// read directly; a TLS session returns one record's bytes at a time.
-    pub fn short_read_empties(&self) -> bool {
-        match self {
-            Connection::Tls(_) => false,
-            Connection::Tcp(_) | Connection::Unix(_) => true,
-        }
-    }
-
     /// Whether bytes the connection took wait to be written to the socket (a TLS session's
     /// encrypted records): then poll for room and [`Write::flush`].
     pub fn wants_write(&self) -> bool {
@@ -144,11 +135,16 @@ mod tests {
 
     /// A server side over TCP (non-blocking, as accepted) and its client.
     fn tcp() -> (Connection, Box<dyn ReadWrite>) {
+        let (conn, client) = tcp_pair();
+        (conn, Box::new(client))
+    }
+
+    fn tcp_pair() -> (Connection, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         server.set_nonblocking(true).expect("non-blocking");
-        (Connection::Tcp(server), Box::new(client))
+        (Connection::Tcp(server), client)
     }
 
     /// The same over a Unix socket pair.
@@ -205,6 +201,18 @@ mod tests {
             conn.close();
             assert_eq!(conn.read(&mut buf).expect("end of file"), 0, "{kind}");
         }
+    }
+
+    /// A peer that resets (a close with `SO_LINGER` 0) is gone: the next read is an error.
+    #[test]
+    fn a_reset_peer_is_gone() {
+        let (conn, peer) = tcp_pair();
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(peer);
+        readable(&conn);
+        assert!(conn.is_closed_by_peer(), "a reset peer is not gone");
     }
 
     /// A descriptor to hand `handshake` as its stop pipe.
