@@ -282,6 +282,28 @@ mod tests {
     fn quick_ack_works_on_a_connected_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        // On Linux the switch is readable: off (delayed ACKs) before, on after.
+        #[cfg(target_os = "linux")]
+        {
+            rustix::net::sockopt::set_tcp_quickack(&client, false).expect("TCP_QUICKACK off");
+            assert!(!rustix::net::sockopt::tcp_quickack(&client).expect("TCP_QUICKACK"));
+        }
         ack_now(&client).expect("TCP_QUICKACK");
+        #[cfg(target_os = "linux")]
+        assert!(rustix::net::sockopt::tcp_quickack(&client).expect("TCP_QUICKACK"));
+    }
+
+    /// tmpfs keeps writes whole; procfs is not a file system messages are written to, so it is
+    /// not assumed to.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn writes_are_whole_on_tmpfs_not_on_an_unknown_file_system() {
+        let path = std::path::Path::new("/dev/shm")
+            .join(format!("overhear-unit-whole-{}", std::process::id()));
+        let tmpfs = File::create(&path).expect("a file in /dev/shm");
+        let _ = std::fs::remove_file(&path);
+        assert!(keeps_writes_whole(&tmpfs));
+        let proc = File::open("/proc/self/status").expect("procfs");
+        assert!(!keeps_writes_whole(&proc));
     }
 }

@@ -181,7 +181,15 @@ mod tests {
             assert!(!conn.is_closed_by_peer(), "{kind}: bytes wait");
             assert!(!conn.has_buffered() && !conn.wants_write(), "{kind}");
             assert!(conn.handshake(&stop_pipe()).is_none(), "{kind}");
+            #[cfg(target_os = "linux")]
+            if let Connection::Tcp(stream) = &conn {
+                rustix::net::sockopt::set_tcp_quickack(stream, false).expect("delayed ACKs");
+            }
             conn.ack_now().expect("ack");
+            #[cfg(target_os = "linux")]
+            if let Connection::Tcp(stream) = &conn {
+                assert!(rustix::net::sockopt::tcp_quickack(stream).expect("TCP_QUICKACK"));
+            }
             let mut buf = [0; 16];
             assert_eq!(conn.read(&mut buf).expect("read"), 5, "{kind}");
             assert_eq!(&buf[..5], b"hello", "{kind}");
