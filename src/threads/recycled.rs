@@ -375,6 +375,47 @@ mod tests {
         assert!(thread_name("nul\0inside").is_none());
     }
 
+    /// The address ranges `/proc/self/maps` lists, with their permissions.
+    fn mappings() -> Vec<(usize, usize, String)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let (start, end) = fields.next()?.split_once('-')?;
+                let start = usize::from_str_radix(start, 16).ok()?;
+                let end = usize::from_str_radix(end, 16).ok()?;
+                Some((start, end, fields.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// A dropped stack is unmapped, its guard region too. Its size is one no other test maps,
+    /// so a mapping another test makes meanwhile (perhaps where this one was) cannot have the
+    /// same bounds.
+    #[test]
+    fn a_dropped_stack_is_unmapped() {
+        let size = SIZE + 7 * 4096;
+        let stack = Stack::map(size).expect("map");
+        let start = stack.mapping.as_ptr() as usize;
+        let usable = stack.usable.as_ptr() as usize;
+        let regions = [(start, usable), (usable, usable + size)];
+        let before = mappings();
+        for (lo, hi) in regions {
+            assert!(
+                before.iter().any(|(a, b, _)| *a <= lo && hi <= *b),
+                "{lo:x}-{hi:x} is not mapped"
+            );
+        }
+        drop(stack);
+        let after = mappings();
+        for (lo, hi) in regions {
+            assert!(
+                !after.iter().any(|(a, b, _)| (*a, *b) == (lo, hi)),
+                "{lo:x}-{hi:x} is still mapped"
+            );
+        }
+    }
+
     #[test]
     fn each_stack_has_a_guard_region_of_64_kib_below_it() {
         let mut stacks = Stacks::new(SIZE);
@@ -385,17 +426,7 @@ mod tests {
             })
             .expect("spawn");
         let at = thread.join(&mut stacks).expect("no panic");
-        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-        let ranges: Vec<(usize, usize, String)> = maps
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let (start, end) = fields.next()?.split_once('-')?;
-                let start = usize::from_str_radix(start, 16).ok()?;
-                let end = usize::from_str_radix(end, 16).ok()?;
-                Some((start, end, fields.next()?.to_string()))
-            })
-            .collect();
+        let ranges = mappings();
         let stack = ranges
             .iter()
             .find(|(start, end, _)| (*start..*end).contains(&at))
