@@ -517,8 +517,9 @@ fn bad_ways_in_are_usage_errors() {
     }
 }
 
-/// A UDP source gets replies as datagrams: its echo (`--echo`), the greeting, and a line typed
-/// for it; a Unix client gets a typed line as a TCP client does.
+/// A UDP source gets replies as datagrams, in the order they were queued: the greeting, its
+/// echo (`--echo`), and a line typed for it; a Unix client gets a typed line as a TCP client
+/// does.
 #[test]
 fn udp_and_unix_clients_are_answered() {
     let mut server = Spawned::start_typing(&[
@@ -537,11 +538,10 @@ fn udp_and_unix_clients_are_answered() {
         assert_eq!(from, addr);
         got.push(buf[..n].to_vec());
     }
-    got.sort();
     assert_eq!(
         got,
         [b"hello\n".to_vec(), b"ping\n".to_vec()],
-        "greeting and echo"
+        "the greeting, then the echo"
     );
     server.type_bytes(b"@1 pong\n");
     let (n, _) = source.recv_from(&mut buf).expect("the typed reply");

@@ -283,7 +283,6 @@ impl Receiver {
             lines,
             unhanded,
             settings,
-            socket,
             ..
         } = self;
         let source = sources.get_mut(&from).expect("just started");
@@ -316,13 +315,8 @@ impl Receiver {
         }
         source.bytes += data.len() as u64;
         if settings.worker.echo {
-            match socket.send_to(data, source.reply_to) {
-                Ok(n) => source.sent += n as u64,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    source.outbox.push_echo(data)
-                }
-                Err(err) => debug!("{}: cannot echo: {}", source.id, describe(&err)),
-            }
+            // Queued behind what waits (the greeting first), sent after this batch.
+            source.outbox.push_echo(data);
         }
     }
 
