@@ -416,6 +416,50 @@ mod tests {
         }
     }
 
+    /// A stack is mapped without reserving memory for all of it (`MAP_NORESERVE`, the `nr`
+    /// flag in `/proc/self/smaps`): 10,000 idle clients' stacks, mostly untouched, do not count
+    /// their whole size against the commit limit. (Under `vm.overcommit_memory = 2` the kernel
+    /// reserves regardless.)
+    #[test]
+    fn stacks_reserve_no_memory_ahead() {
+        if std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|m| m.trim() == "2")
+        {
+            return;
+        }
+        let stack = Stack::map(SIZE).expect("map");
+        let usable = stack.usable.as_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut inside = false;
+        let mut flags = None;
+        for line in smaps.lines() {
+            if let Some((start, end)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|range| range.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        usize::from_str_radix(a, 16).ok()?,
+                        usize::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+            {
+                inside = (start..end).contains(&usable);
+            } else if let Some(found) = line.strip_prefix("VmFlags:") {
+                if inside {
+                    flags = Some(
+                        found
+                            .split_whitespace()
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>(),
+                    );
+                    break;
+                }
+            }
+        }
+        let flags = flags.expect("the stack's flags in smaps");
+        assert!(flags.iter().any(|f| f == "nr"), "{flags:?}");
+    }
+
     #[test]
     fn each_stack_has_a_guard_region_of_64_kib_below_it() {
         let mut stacks = Stacks::new(SIZE);
