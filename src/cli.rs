@@ -1229,6 +1229,27 @@ mod tests {
         );
     }
 
+    /// The bash script completes host names after `--host` and nowhere else (file names stay
+    /// file names); other shells get clap_complete's script as it is.
+    #[test]
+    fn completion_scripts_are_whole_and_bash_knows_host_names() {
+        let script =
+            String::from_utf8(completion_script(clap_complete::Shell::Bash)).expect("UTF-8");
+        let after = |label: &str| {
+            let mut lines = script.lines().skip_while(|line| line.trim() != label);
+            lines.nth(1).map(str::trim)
+        };
+        assert_eq!(
+            after("--host)"),
+            Some(r#"COMPREPLY=($(compgen -A hostname -- "${cur}"))"#)
+        );
+        assert_eq!(script.matches("compgen -A hostname").count(), 1, "{script}");
+        assert!(script.contains("--tls-cert"), "{script}");
+        let zsh = String::from_utf8(completion_script(clap_complete::Shell::Zsh)).expect("UTF-8");
+        assert!(zsh.starts_with("#compdef overhear\n"), "{zsh}");
+        assert!(zsh.contains("--tls-cert"), "{zsh}");
+    }
+
     #[test]
     fn roff_text_is_escaped() {
         assert_eq!(roff_escape("-q it's \\x1b"), "\\-q it\\*(Aqs \\ex1b");
