@@ -684,14 +684,7 @@ impl Worker {
                     if !self.draining && self.echo_held() {
                         break;
                     }
-                    // Less than the small buffer of a quiet client holds: the socket had nothing
-                    // more, and another read would only say so (a lone line costs one system
-                    // call less); the poll tells when more comes. (A TLS session may have read
-                    // only part of what the socket holds, or hold more plaintext: the poll sees
-                    // the former, and `wait` asks the session for the latter before it polls.)
-                    // Within a burst, where another read often finds more, and in the drain,
-                    // which counts what is owed, the next read decides.
-                    if n < asked && asked == QUIET_CHUNK && !self.draining {
+                    if self.read_all_there_was(n, asked) {
                         self.quiet();
                         break;
                     }
@@ -712,6 +705,17 @@ impl Worker {
         debug!("{}: read {total} bytes", self.id);
         self.hand_over();
         Ok(end)
+    }
+
+    /// Whether a read of `n` bytes into a buffer of `asked` found all the socket had, so that
+    /// another read would only say so: one that left a quiet client's small buffer unfilled did
+    /// (a lone line costs one system call less); the poll tells when more comes. (A TLS session
+    /// may have read only part of what the socket holds, or hold more plaintext: the poll sees
+    /// the former, and `wait` asks the session for the latter before it polls.) Within a burst,
+    /// where another read often finds more, and in the drain, which counts what is owed, the
+    /// next read decides.
+    fn read_all_there_was(&self, n: usize, asked: usize) -> bool {
+        n < asked && asked == QUIET_CHUNK && !self.draining
     }
 
     /// The client is quiet for now: hands its lines over and gives the memory back until it
