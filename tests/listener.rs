@@ -43,6 +43,11 @@ fn three_clients_are_numbered_and_attributed() {
     finished.assert_success();
     assert_eq!(finished.stdout.lines().count(), 6, "{finished}");
     finished.assert_stderr_has("served 3 clients: 6 messages, ");
+    // Every client was accepted before the stop: none is said to be queued at it.
+    assert!(
+        !finished.stderr.contains("queued at the stop"),
+        "{finished}"
+    );
 }
 
 #[test]
