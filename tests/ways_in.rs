@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::common::{
-    Finished, Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, installed, netcat_available,
-    run_program, run_to_end, send,
+    Finished, Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, have, installed,
+    netcat_available, run_program, run_to_end, send,
 };
 
 /// The address of a UDP listener from its `listening on udp://ADDR;` line.
@@ -515,6 +515,86 @@ fn bad_ways_in_are_usage_errors() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// Moves the calling thread, and the programs it starts from now on, into a network namespace
+/// of its own whose loopback is slowed to 10 Mbit/s (`tc`'s token bucket, with room to queue
+/// 4 MB rather than drop): there a UDP socket's replies outrun the link, and its send buffer
+/// fills, as on a real network. Root only, with `ip` and `tc` (iproute2); the reason when it
+/// cannot.
+fn enter_slow_loopback() -> Result<(), String> {
+    if !have(&["ip", "tc"]) {
+        return Err(String::from("iproute2 is not installed"));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(String::from("a network namespace needs root"));
+    }
+    // SAFETY: only the network namespace is unshared; the descriptor table stays shared.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+        .map_err(|err| format!("cannot make a network namespace: {err}"))?;
+    let steps: [&[&str]; 2] = [
+        &["ip", "link", "set", "lo", "up"],
+        &[
+            "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "10mbit", "burst", "16kb",
+            "limit", "4mb",
+        ],
+    ];
+    for step in steps {
+        let status = std::process::Command::new(step[0])
+            .args(&step[1..])
+            .status()
+            .map_err(|err| format!("cannot run {}: {err}", step[0]))?;
+        if !status.success() {
+            return Err(format!("{} failed: {status}", step.join(" ")));
+        }
+    }
+    Ok(())
+}
+
+/// Echoes a UDP socket has no room for wait for room, and go out as soon as there is (not at
+/// the next datagram, nor at the poll interval, an hour here): on a slowed loopback, 400
+/// datagrams of 1,000 bytes all come back, whole and in order, before the stop. The source
+/// queues all 400 on the link at once (an 8 MiB send buffer), so overhear's echoes queue behind
+/// them and fill its socket's send buffer.
+#[test]
+fn udp_echoes_wait_for_room_in_a_full_socket() {
+    const COUNT: usize = 400;
+    if let Err(why) = enter_slow_loopback() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut server = Spawned::start(&["-u", "--echo", "--poll-interval", "1h"]);
+    let addr = udp_addr(&server);
+    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    rustix::net::sockopt::set_socket_send_buffer_size_force(&source, 8 << 20)
+        .expect("SO_SNDBUFFORCE");
+    source
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let datagram = |i: usize| {
+        let mut bytes = format!("{i:04} ").into_bytes();
+        bytes.resize(999, b'a' + (i % 26) as u8);
+        bytes.push(b'\n');
+        bytes
+    };
+    let receiver = source.try_clone().expect("clone");
+    let echoes = std::thread::spawn(move || {
+        let mut buf = [0; 2048];
+        (0..COUNT)
+            .map(|_| receiver.recv(&mut buf).map(|n| buf[..n].to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    for i in 0..COUNT {
+        source.send_to(&datagram(i), addr).expect("send");
+    }
+    let echoes = echoes.join().expect("receiver").expect("every echo");
+    for (i, echo) in echoes.iter().enumerate() {
+        assert!(*echo == datagram(i), "echo {i} differs");
+    }
+    let finished = server.stop(Signal::TERM);
+    finished.assert_success();
+    assert!(!finished.stderr.contains("not sent"), "{finished}");
+    assert_eq!(finished.stdout.lines().count(), COUNT, "{finished}");
 }
 
 /// A UDP source gets replies as datagrams, in the order they were queued: the greeting, its

@@ -170,11 +170,17 @@ impl Receiver {
         let mut buf = vec![0; DATAGRAM_MAX];
         loop {
             let bell = self.shared.listening.as_ref().map(|l| l.bell.current());
-            self.send_queued();
+            // Replies the socket had no room for: wait for room too.
+            let blocked = self.send_queued();
             let wait = self.next_silence().min(self.settings.worker.poll_interval);
             let (readable, stopping) = {
+                let interest = if blocked {
+                    Flags::IN | Flags::OUT
+                } else {
+                    Flags::IN
+                };
                 let mut fds = [
-                    Fd::new(&self.socket, Flags::IN),
+                    Fd::new(&self.socket, interest),
                     Fd::new(self.shared.shutdown.waker(), Flags::IN),
                     match &bell {
                         Some(pipe) => Fd::new(pipe.waker(), Flags::IN),
@@ -183,7 +189,10 @@ impl Receiver {
                 ];
                 let fds = &mut fds[..if bell.is_some() { 3 } else { 2 }];
                 match poll::wait(fds, wait) {
-                    Ok(_) => (!fds[0].revents().is_empty(), !fds[1].revents().is_empty()),
+                    Ok(_) => (
+                        fds[0].revents().intersects(Flags::IN | Flags::ERR),
+                        !fds[1].revents().is_empty(),
+                    ),
                     Err(err) => {
                         warn!(
                             "cannot wait for datagrams on {}: {}",
@@ -393,8 +402,9 @@ impl Receiver {
         }
     }
 
-    /// Sends each source's queued greeting, echo and typed messages, one datagram each.
-    fn send_queued(&mut self) {
+    /// Sends each source's queued greeting, echo and typed messages, one datagram each, while the
+    /// socket has room; returns whether some wait because it had none.
+    fn send_queued(&mut self) -> bool {
         let json = self.settings.worker.output.format == Format::Json;
         for source in self.sources.values_mut() {
             if !source.outbox.is_ready() {
@@ -409,7 +419,7 @@ impl Receiver {
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                         source.outbox.put_back(chunk);
-                        break;
+                        return true;
                     }
                     Err(err) => {
                         // Too long for a datagram (over 65,507 bytes), typically: the source
@@ -425,6 +435,7 @@ impl Receiver {
                 }
             }
         }
+        false
     }
 
     /// At the stop: lets the operator's input finish, then sends what is queued, within the
@@ -434,8 +445,7 @@ impl Receiver {
             listening.wait_finished(began + DRAIN_LIMIT);
         }
         while began.elapsed() < DRAIN_LIMIT {
-            self.send_queued();
-            if self.sources.values().all(|s| !s.outbox.is_ready()) {
+            if !self.send_queued() {
                 break;
             }
             let mut fds = [Fd::new(&self.socket, Flags::OUT)];
