@@ -716,13 +716,10 @@ const ROFF_PREAMBLE: &str = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
 /// stands alone (`--man`, `--help`) on a line of its own.
 fn synopsis(command: &Command) -> String {
     let name = command.get_name();
-    let (alone, options): (Vec<_>, Vec<_>) = command
-        .get_arguments()
-        .filter(|arg| !arg.is_hide_set() && !arg.is_positional())
-        .partition(|arg| {
-            arg.is_exclusive_set()
-                || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
-        });
+    // Every argument is an option, and none is hidden.
+    let (alone, options): (Vec<_>, Vec<_>) = command.get_arguments().partition(|arg| {
+        arg.is_exclusive_set() || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
+    });
     let mut text = String::from(".SH SYNOPSIS\n");
     // Lines break between options only (`\%` keeps a word whole), and are not justified.
     text.push_str(".na\n");
@@ -1248,6 +1245,56 @@ mod tests {
         let zsh = String::from_utf8(completion_script(clap_complete::Shell::Zsh)).expect("UTF-8");
         assert!(zsh.starts_with("#compdef overhear\n"), "{zsh}");
         assert!(zsh.contains("--tls-cert"), "{zsh}");
+    }
+
+    /// The synopsis: a run with each option in brackets, its value named (optional values in
+    /// brackets of their own, counted flags with dots), then each option that stands alone on
+    /// a line of its own.
+    #[test]
+    fn the_synopsis_names_each_option_with_its_value() {
+        let mut command = Args::command();
+        command.build();
+        // What the synopsis takes for granted.
+        assert!(
+            command
+                .get_arguments()
+                .all(|arg| !arg.is_hide_set() && !arg.is_positional())
+        );
+        let text = synopsis(&command);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [".SH SYNOPSIS", ".na", r"\%\fBoverhear\fR"],
+            "{text}"
+        );
+        assert_eq!(lines.last(), Some(&".ad"), "{text}");
+        for line in [
+            r"\%[\fB\-\-host\fR\ \fIHOST\fR]",
+            r"\%[\fB\-p\fR|\fB\-\-port\fR\ \fIPORT\fR]",
+            r"\%[\fB\-u\fR|\fB\-\-udp\fR]",
+            r"\%[\fB\-\-progress\fR\ [\fIDURATION\fR]]",
+            r"\%[\fB\-v\fR|\fB\-\-verbose\fR...\&]",
+            r"\%\fBoverhear\fR \%\fB\-\-completions\fR\ \fISHELL\fR",
+            r"\%\fBoverhear\fR \%\fB\-\-man\fR",
+            r"\%\fBoverhear\fR \%\fB\-h\fR|\fB\-\-help\fR",
+        ] {
+            assert_eq!(
+                lines.iter().filter(|l| **l == line).count(),
+                1,
+                "{line}\n{text}"
+            );
+        }
+        // The options that stand alone come last, each after a break.
+        let alone = lines.iter().position(|l| *l == ".br").expect("a break");
+        assert!(
+            lines[..alone].iter().skip(3).all(|l| l.starts_with(r"\%[")),
+            "{text}"
+        );
+        assert_eq!(
+            lines[alone..].iter().filter(|l| **l == ".br").count(),
+            4,
+            "{text}"
+        );
     }
 
     #[test]
