@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::common::{
     Finished, Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, have, installed,
-    netcat_available, run_program, run_to_end, send,
+    netcat_available, run_program, run_to_end, run_to_end_under, send,
 };
 
 /// The address of a UDP listener from its `listening on udp://ADDR;` line.
@@ -178,6 +178,47 @@ fn socket_files_are_replaced_only_when_stale() {
         std::fs::read_to_string(&plain).expect("still there"),
         "keep me"
     );
+}
+
+/// A live socket overhear may not connect to (root's, mode 600, while overhear runs as another
+/// user) is not taken for a stale one, though its directory would let overhear remove it: the
+/// error says why, and the file stays.
+#[test]
+fn a_socket_overhear_may_not_connect_to_is_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have(&["setpriv"]) {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running overhear as another user needs root");
+        return;
+    }
+    let dir = TempDir::new("forbidden");
+    std::fs::set_permissions(dir.dir(), std::fs::Permissions::from_mode(0o777))
+        .expect("a directory anyone may write to");
+    let path = dir.path("root.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // A user id no one else uses.
+    let id = format!("{}", 4_100_000 + std::process::id());
+    let (uid, gid) = (format!("--reuid={id}"), format!("--regid={id}"));
+    let out = run_to_end_under(
+        &["setpriv", &uid, &gid, "--clear-groups"],
+        &["-U", &path, "-d", "1s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot listen on unix:{path}: permission denied"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        Path::new(&path).exists(),
+        "the live socket file was removed"
+    );
+    drop(listener);
 }
 
 /// `@name` listens in Linux's abstract namespace: no file, and socat connects by name.

@@ -604,8 +604,13 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// # Panics
 /// If it is still running after [`TIMEOUT`] (it is killed first).
 pub fn run_to_end(args: &[&str]) -> Output {
-    let command = format!("overhear {}", args.join(" "));
-    let mut child = overhear(args)
+    run_to_end_under(&[], args)
+}
+
+/// [`run_to_end`] with overhear run by `wrapper`, a program and its arguments.
+pub fn run_to_end_under(wrapper: &[&str], args: &[&str]) -> Output {
+    let command = format!("{} overhear {}", wrapper.join(" "), args.join(" "));
+    let mut child = overhear_under(wrapper, args)
         .spawn()
         .unwrap_or_else(|err| panic!("cannot run {command}: {err}"));
     let (stdout, _) = Capture::start("stdout", child.stdout.take().expect("piped stdout"));
