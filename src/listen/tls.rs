@@ -851,6 +851,22 @@ mod tests {
         pair
     }
 
+    /// A handshake waiting for the client's hello waits in `poll`, where the stop finds it.
+    #[test]
+    fn a_handshake_waiting_for_the_hello_ends_at_the_stop() {
+        let testing::Pair {
+            mut server,
+            client: _client,
+            ..
+        } = testing::pair();
+        let (stop, stop_writer) = rustix::pipe::pipe().expect("pipe");
+        rustix::io::write(&stop_writer, b"x").expect("the stop");
+        match server.handshake(&stop) {
+            Err(HandshakeFailure::Stopped) => {}
+            other => panic!("a handshake at the stop gave {other:?}"),
+        }
+    }
+
     /// A first flight larger than the socket takes waits for room, and the handshake ends once
     /// the client reads it.
     #[test]
