@@ -722,6 +722,8 @@ mod tests {
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
         assert!(!server.wants_write(), "the handshake left bytes to write");
+        // Nothing to write is written at once, as `Write` says.
+        assert_eq!(server.write(&[]).expect("an empty write"), 0);
         let wait_for_room = |server: &TlsStream| {
             let mut fds = [Fd::new(server.socket(), Flags::OUT)];
             poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
@@ -829,6 +831,41 @@ mod tests {
             "the close_notify read is not buffered"
         );
         assert_eq!(read(&mut server), 0);
+    }
+
+    /// A write to a client that has reset fails at once, though the session took the bytes:
+    /// the worker learns the client is gone from that write, not from the next.
+    #[test]
+    fn a_write_to_a_reset_client_fails() {
+        let testing::Pair {
+            mut server,
+            mut client,
+            ..
+        } = testing::pair();
+        let client = std::thread::spawn(move || {
+            while client.conn.is_handshaking() {
+                client.conn.complete_io(&mut client.sock)?;
+            }
+            Ok::<_, io::Error>(client)
+        });
+        let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
+        server.handshake(&stop).expect("the handshake");
+        let client = client.join().expect("client").expect("the client's handshake");
+        socket2::SockRef::from(&client.sock)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(client);
+        // The reset has come when the socket says so.
+        let mut fds = [Fd::new(server.socket(), Flags::IN)];
+        poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
+        let err = server.write(b"hello\n").expect_err("a write after the reset");
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        );
     }
 
     /// A server whose first flight (100 extra certificates, about 40 KB) the socket could not
