@@ -223,6 +223,69 @@ mod tests {
         assert!(conn.is_closed_by_peer(), "a reset peer is not gone");
     }
 
+    /// What the worker asks of a TLS connection: the session's plaintext a short read left is
+    /// buffered; what the socket cannot take waits, and a flush says so; a close says goodbye
+    /// (close_notify) before the socket closes.
+    #[test]
+    fn a_tls_connection_buffers_waits_and_says_goodbye() {
+        let crate::listen::tls::testing::Pair {
+            server, mut client, ..
+        } = crate::listen::tls::testing::pair();
+        let mut conn = Connection::Tls(Box::new(server));
+        let (go, read_now) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            while client.conn.is_handshaking() {
+                client.conn.complete_io(&mut client.sock)?;
+            }
+            client.write_all(&[b'a'; 4000])?;
+            client.flush()?;
+            // Nothing read until the server's socket is full.
+            read_now.recv().map_err(io::Error::other)?;
+            let mut back = Vec::new();
+            // Ends at the close_notify: with none, a read would fail, or wait for the socket.
+            client.read_to_end(&mut back)?;
+            Ok::<_, io::Error>(back.len())
+        });
+        // A stop pipe nobody writes to.
+        let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
+        conn.handshake(&stop).expect("TLS").expect("the handshake");
+        let mut buf = [0; 1000];
+        let mut read = 0;
+        for _ in 0..100 {
+            readable(&conn);
+            match conn.read(&mut buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                other => {
+                    read = other.expect("a read");
+                    break;
+                }
+            }
+        }
+        assert_eq!(read, 1000);
+        assert!(conn.has_buffered(), "3,000 bytes left in the session");
+        // 64 KiB taken whole; the socket holds a few of them.
+        assert_eq!(conn.write(&[b'b'; 65_536]).expect("taken"), 65_536);
+        assert!(conn.wants_write());
+        let flushed = conn.flush().map_err(|err| err.kind());
+        assert_eq!(flushed, Err(io::ErrorKind::WouldBlock));
+        go.send(()).expect("the client waits");
+        for _ in 0..1000 {
+            match conn.flush() {
+                Ok(()) => break,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [Fd::new(&conn, Flags::OUT)];
+                    poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
+                }
+                Err(err) => panic!("flush: {err}"),
+            }
+        }
+        assert!(!conn.wants_write());
+        conn.close();
+        let back = client.join().expect("client").expect("the client's reading");
+        assert_eq!(back, 65_536);
+        drop(conn);
+    }
+
     /// A descriptor to hand `handshake` as its stop pipe.
     fn stop_pipe() -> std::os::fd::OwnedFd {
         rustix::pipe::pipe().expect("pipe").0
