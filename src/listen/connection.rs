@@ -281,7 +281,10 @@ mod tests {
         }
         assert!(!conn.wants_write());
         conn.close();
-        let back = client.join().expect("client").expect("the client's reading");
+        let back = client
+            .join()
+            .expect("client")
+            .expect("the client's reading");
         assert_eq!(back, 65_536);
         drop(conn);
     }

@@ -850,7 +850,10 @@ mod tests {
         });
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
-        let client = client.join().expect("client").expect("the client's handshake");
+        let client = client
+            .join()
+            .expect("client")
+            .expect("the client's handshake");
         socket2::SockRef::from(&client.sock)
             .set_linger(Some(Duration::ZERO))
             .expect("SO_LINGER");
@@ -858,7 +861,9 @@ mod tests {
         // The reset has come when the socket says so.
         let mut fds = [Fd::new(server.socket(), Flags::IN)];
         poll::wait(&mut fds, Duration::from_secs(10)).expect("poll");
-        let err = server.write(b"hello\n").expect_err("a write after the reset");
+        let err = server
+            .write(b"hello\n")
+            .expect_err("a write after the reset");
         assert!(
             matches!(
                 err.kind(),
