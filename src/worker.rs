@@ -1631,20 +1631,16 @@ mod tests {
             &shutdown,
             Duration::from_secs(3600),
         );
-        let handshake = std::thread::spawn(move || {
-            let mut stream = client;
-            stream
-                .conn
-                .complete_io(&mut stream.sock)
-                .expect("the client's handshake");
-            stream
-        });
+        let handshake = crate::listen::tls::testing::client_thread(client, Ok);
         worker
             .conn
             .handshake(shutdown.waker())
             .expect("a TLS connection")
             .expect("the server's handshake");
-        let client = handshake.join().expect("the client");
+        let client = handshake
+            .join()
+            .expect("the client")
+            .expect("the client's handshake");
         worker.outbox.push_echo(&vec![b'x'; 1 << 20]);
         worker.send();
         assert!(

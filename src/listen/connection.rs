@@ -228,15 +228,11 @@ mod tests {
     /// (close_notify) before the socket closes.
     #[test]
     fn a_tls_connection_buffers_waits_and_says_goodbye() {
-        let crate::listen::tls::testing::Pair {
-            server, mut client, ..
-        } = crate::listen::tls::testing::pair();
+        let crate::listen::tls::testing::Pair { server, client, .. } =
+            crate::listen::tls::testing::pair();
         let mut conn = Connection::Tls(Box::new(server));
         let (go, read_now) = std::sync::mpsc::channel::<()>();
-        let client = std::thread::spawn(move || {
-            while client.conn.is_handshaking() {
-                client.conn.complete_io(&mut client.sock)?;
-            }
+        let client = crate::listen::tls::testing::client_thread(client, move |mut client| {
             client.write_all(&[b'a'; 4000])?;
             client.flush()?;
             // Nothing read until the server's socket is full.
@@ -244,7 +240,7 @@ mod tests {
             let mut back = Vec::new();
             // Ends at the close_notify: with none, a read would fail, or wait for the socket.
             client.read_to_end(&mut back)?;
-            Ok::<_, io::Error>(back.len())
+            Ok(back.len())
         });
         // A stop pipe nobody writes to.
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");

@@ -529,10 +529,12 @@ fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
 /// A TLS connection over loopback for unit tests, with little room in its sockets.
 #[cfg(test)]
 pub(crate) mod testing {
+    use std::io;
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::path::PathBuf;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread::JoinHandle;
 
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
@@ -549,7 +551,24 @@ pub(crate) mod testing {
         pub peer: SocketAddr,
         /// The client's end: blocking (reads time out after 10 s), 4 KiB to receive, trusting
         /// the server's certificate.
-        pub client: StreamOwned<ClientConnection, TcpStream>,
+        pub client: Client,
+    }
+
+    /// The client's end of a [`Pair`].
+    pub type Client = StreamOwned<ClientConnection, TcpStream>;
+
+    /// Runs the client on a thread of its own: its handshake (the server's must run meanwhile),
+    /// then `then`.
+    pub fn client_thread<T: Send + 'static>(
+        mut client: Client,
+        then: impl FnOnce(Client) -> io::Result<T> + Send + 'static,
+    ) -> JoinHandle<io::Result<T>> {
+        std::thread::spawn(move || {
+            while client.conn.is_handshaking() {
+                client.conn.complete_io(&mut client.sock)?;
+            }
+            then(client)
+        })
     }
 
     /// A pair whose server uses a certificate made at start.
@@ -701,20 +720,12 @@ mod tests {
         use std::sync::mpsc;
 
         let testing::Pair {
-            mut server,
-            mut client,
-            ..
+            mut server, client, ..
         } = testing::pair();
         let (go, read_now) = mpsc::channel::<()>();
-        let client = std::thread::spawn(move || {
-            while client.conn.is_handshaking() {
-                client
-                    .conn
-                    .complete_io(&mut client.sock)
-                    .expect("handshake");
-            }
+        let client = testing::client_thread(client, move |mut client| {
             // Nothing read until the server's socket is full.
-            read_now.recv().expect("the go");
+            read_now.recv().map_err(io::Error::other)?;
             let mut back = Vec::new();
             client.read_to_end(&mut back).map(|_| back)
         });
@@ -776,14 +787,9 @@ mod tests {
     #[test]
     fn buffered_is_what_a_read_returns_without_the_socket() {
         let testing::Pair {
-            mut server,
-            mut client,
-            ..
+            mut server, client, ..
         } = testing::pair();
-        let client = std::thread::spawn(move || {
-            while client.conn.is_handshaking() {
-                client.conn.complete_io(&mut client.sock)?;
-            }
+        let client = testing::client_thread(client, |mut client| {
             // One record of 4,000 bytes, then one of 1 byte with the close_notify after it.
             client.write_all(&[b'a'; 4000])?;
             client.flush()?;
@@ -791,7 +797,7 @@ mod tests {
             client.conn.send_close_notify();
             client.flush()?;
             // Kept open: a close with the server's session tickets unread would be a reset.
-            Ok::<_, io::Error>(client)
+            Ok(client)
         });
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
@@ -838,16 +844,9 @@ mod tests {
     #[test]
     fn a_write_to_a_reset_client_fails() {
         let testing::Pair {
-            mut server,
-            mut client,
-            ..
+            mut server, client, ..
         } = testing::pair();
-        let client = std::thread::spawn(move || {
-            while client.conn.is_handshaking() {
-                client.conn.complete_io(&mut client.sock)?;
-            }
-            Ok::<_, io::Error>(client)
-        });
+        let client = testing::client_thread(client, Ok);
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         server.handshake(&stop).expect("the handshake");
         let client = client
@@ -914,16 +913,9 @@ mod tests {
     #[test]
     fn a_first_flight_the_socket_cannot_take_waits_for_room() {
         let testing::Pair {
-            mut server,
-            mut client,
-            ..
+            mut server, client, ..
         } = stopped_mid_flight();
-        let client = std::thread::spawn(move || {
-            while client.conn.is_handshaking() {
-                client.conn.complete_io(&mut client.sock)?;
-            }
-            Ok::<_, io::Error>(client.conn.protocol_version())
-        });
+        let client = testing::client_thread(client, |client| Ok(client.conn.protocol_version()));
         // A stop pipe nobody writes to.
         let (stop, _stop_writer) = rustix::pipe::pipe().expect("pipe");
         let info = server.handshake(&stop).expect("the handshake");
