@@ -638,6 +638,29 @@ fn udp_echoes_wait_for_room_in_a_full_socket() {
     assert_eq!(finished.stdout.lines().count(), COUNT, "{finished}");
 }
 
+/// A reply too long for a datagram (over 65,507 bytes) is not sent, with a warning naming its
+/// size, and the replies after it still are.
+#[test]
+fn a_reply_too_long_for_a_datagram_is_skipped_with_a_warning() {
+    let long = "a".repeat(70_000);
+    let mut server = Spawned::start(&["-u", "--echo", "--greet", &long]);
+    let addr = udp_addr(&server);
+    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    source
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    source.send_to(b"ping\n", addr).expect("send");
+    let mut buf = [0; 1024];
+    let (n, _) = source.recv_from(&mut buf).expect("the echo");
+    assert_eq!(&buf[..n], b"ping\n");
+    let warning = server.wait_stderr("not sent to client 1: ", TIMEOUT);
+    assert!(
+        warning.contains("message too long (70000 bytes)"),
+        "{warning}"
+    );
+    server.stop(Signal::TERM).assert_success();
+}
+
 /// A UDP source gets replies as datagrams, in the order they were queued: the greeting, its
 /// echo (`--echo`), and a line typed for it; a Unix client gets a typed line as a TCP client
 /// does.
