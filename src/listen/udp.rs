@@ -536,3 +536,75 @@ fn record_sent(source: &mut Source, chunk: &Chunk, json: bool, lines: &mut Vec<u
         source.format.sent(lines, bytes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::OutputOptions;
+    use crate::framing::Framing;
+    use crate::output::{Output, Sink};
+    use crate::shutdown::Shutdown;
+    use crate::worker::LargeReads;
+
+    /// A receiver whose lines go nowhere, for one source at `from`.
+    fn receiver() -> Receiver {
+        let shutdown = Shutdown::new().expect("a stop pipe");
+        let shared = Shared {
+            shutdown: shutdown.clone(),
+            output: Output::new(Sink::Writer(Box::new(io::sink())), shutdown),
+            large_reads: LargeReads::default(),
+            listening: None,
+        };
+        let settings = ReceiverSettings {
+            worker: WorkerSettings {
+                poll_interval: Duration::from_secs(3600),
+                idle_timeout: None,
+                max_line: DATAGRAM_MAX,
+                output: OutputOptions::default(),
+                echo: false,
+                framing: Framing::Lines,
+                telnet: false,
+                greeting: None,
+            },
+            access: AccessRules::new(Vec::new(), Vec::new()),
+            max_sources: 10,
+            silence: Duration::from_secs(3600),
+            named: false,
+        };
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let spec = Spec::Udp(socket.local_addr().expect("address"));
+        Receiver::new(
+            socket,
+            spec,
+            shared,
+            settings,
+            Arc::new(AtomicU64::new(1)),
+            None,
+            Arc::new(Mutex::new(Vec::new())),
+        )
+    }
+
+    /// The batch of formatted lines keeps its memory between batches, up to four datagrams'
+    /// worth; a larger one (a burst of large datagrams) is given back once handed over.
+    #[test]
+    fn a_large_batch_gives_its_memory_back() {
+        let mut receiver = receiver();
+        let from: SocketAddr = "127.0.0.1:9".parse().expect("an address");
+        let datagram = [b'a'; 50_000];
+        for _ in 0..2 {
+            receiver.datagram(from, &datagram);
+        }
+        receiver.hand_over();
+        assert!(receiver.lines.is_empty());
+        assert!(
+            receiver.lines.capacity() >= 100_000,
+            "{} kept after 100 KB",
+            receiver.lines.capacity()
+        );
+        for _ in 0..6 {
+            receiver.datagram(from, &datagram);
+        }
+        receiver.hand_over();
+        assert_eq!(receiver.lines.capacity(), 0, "kept after 300 KB");
+    }
+}
