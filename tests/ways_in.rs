@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::common::{
-    Finished, Netcat, Signal, Spawned, TIMEOUT, TempDir, connect, have, installed,
-    netcat_available, run_program, run_to_end, run_to_end_under, send,
+    Finished, Netcat, Signal, Spawned, TIMEOUT, TempDir, assert_fails_with, connect, have,
+    installed, netcat_available, run_program, run_to_end, run_to_end_under, send,
 };
 
 /// The address of a UDP listener from its `listening on udp://ADDR;` line.
@@ -122,13 +122,9 @@ fn socket_files_are_replaced_only_when_stale() {
 
     // Now it is live: a second run must not take it.
     let out = run_to_end(&["-U", &stale, "-d", "1s"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "error: cannot listen on unix:{stale}: another process listens on it"
-        )),
-        "{stderr}"
+    assert_fails_with(
+        &out,
+        &format!("error: cannot listen on unix:{stale}: another process listens on it"),
     );
     server.stop(Signal::TERM);
 
@@ -148,14 +144,12 @@ fn socket_files_are_replaced_only_when_stale() {
     }
     assert!(queued.len() < 10_000, "the backlog never filled");
     let out = run_to_end(&["-U", &busy, "-d", "1s"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+    assert_fails_with(
+        &out,
+        &format!(
             "error: cannot listen on unix:{busy}: another process listens on it (and accepts no \
-             more connections now)"
-        )),
-        "{stderr}"
+         more connections now)"
+        ),
     );
     assert!(
         Path::new(&busy).exists(),
@@ -166,13 +160,9 @@ fn socket_files_are_replaced_only_when_stale() {
     let plain = dir.path("plain.txt");
     std::fs::write(&plain, "keep me").expect("write a file");
     let out = run_to_end(&["-U", &plain, "-d", "1s"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "cannot listen on unix:{plain}: a file that is not a socket"
-        )),
-        "{stderr}"
+    assert_fails_with(
+        &out,
+        &format!("cannot listen on unix:{plain}: a file that is not a socket"),
     );
     assert_eq!(
         std::fs::read_to_string(&plain).expect("still there"),
@@ -206,13 +196,9 @@ fn a_socket_overhear_may_not_connect_to_is_left_alone() {
         &["setpriv", &uid, &gid, "--clear-groups"],
         &["-U", &path, "-d", "1s"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "error: cannot listen on unix:{path}: permission denied"
-        )),
-        "{stderr}"
+    assert_fails_with(
+        &out,
+        &format!("error: cannot listen on unix:{path}: permission denied"),
     );
     assert!(
         Path::new(&path).exists(),

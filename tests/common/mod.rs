@@ -607,6 +607,13 @@ pub fn run_to_end(args: &[&str]) -> Output {
     run_to_end_under(&[], args)
 }
 
+/// Asserts that a run ended in an error of exit status 1 whose stderr holds `needle`.
+pub fn assert_fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
+}
+
 /// [`run_to_end`] with overhear run by `wrapper`, a program and its arguments.
 pub fn run_to_end_under(wrapper: &[&str], args: &[&str]) -> Output {
     let command = format!("{} overhear {}", wrapper.join(" "), args.join(" "));
