@@ -210,9 +210,8 @@ impl Workers {
         match joined {
             Ok(report) => self.add(&report, summary),
             Err(id) => {
-                error!("the worker of {id} panicked; its messages may be incomplete");
                 summary.clients += 1;
-                summary.panicked += 1;
+                count_panic(&format!("the worker of {id}"), summary);
                 false
             }
         }
@@ -356,6 +355,8 @@ impl Server {
             log_route,
             exit_after_run,
         } = self;
+        // Timed from before the listening line: a client that saw it may rely on the deadline.
+        let deadline = config.duration.map(|d| Instant::now() + d);
         for endpoint in &endpoints {
             announce(endpoint, tls.as_deref());
         }
@@ -371,7 +372,6 @@ impl Server {
         if let Some(route) = log_route {
             route.attach(&output);
         }
-        let deadline = config.duration.map(|d| Instant::now() + d);
         let mut workers = Workers::default();
         let mut summary = Summary::default();
         let clients = config.input.map(|_| Clients::default());
@@ -441,6 +441,7 @@ impl Server {
             numbers: &numbers,
             named,
             starved: false,
+            deadline,
             shared,
         };
         let mut next_progress = config.progress.map(|every| Instant::now() + every);
@@ -504,10 +505,7 @@ impl Server {
                     }
                     stopped += workers.add_stopped(report.stopped, &mut summary);
                 }
-                Err(_) => {
-                    error!("a UDP receiver panicked; its messages may be incomplete");
-                    summary.panicked += 1;
-                }
+                Err(_) => count_panic("a UDP receiver", &mut summary),
             }
         }
         take_silent(&silent, &mut summary);
@@ -537,38 +535,18 @@ impl Server {
                 counted(n, "message")
             ),
         };
-        let panicked = if summary.panicked > 0 {
-            format!(
-                "; {} panicked (a bug: please report it)",
-                counted(summary.panicked, "worker")
-            )
-        } else {
-            String::new()
-        };
-        let dropped = match summary.datagrams_dropped {
-            Some(0) => String::from("; the kernel dropped no datagram"),
-            Some(n) => format!(
-                "; the kernel dropped {} (receive buffer full)",
-                counted(n, "datagram")
-            ),
-            None => String::new(),
-        };
-        let tls_failed = match summary.tls_failed {
-            0 => String::new(),
-            n => format!("; {} failed", counted(n, "TLS handshake")),
-        };
-        info!(
-            "served {}: {}, {}; refused {}{tls_failed}{dropped}{unwritten}{panicked}",
-            counted(summary.clients, "client"),
-            counted(summary.messages, "message"),
-            counted(summary.bytes, "byte"),
-            counted(summary.refused, "connection")
-        );
+        info!("{}", summary.served_line(&unwritten));
         if exit_after_run {
             std::mem::forget(workers);
         }
         written.map(|()| summary)
     }
+}
+
+/// Logs that `whose` thread panicked and counts it in the summary's last line.
+fn count_panic(whose: &str, summary: &mut Summary) {
+    error!("{whose} panicked; its messages may be incomplete");
+    summary.panicked += 1;
 }
 
 /// Adds the reports of UDP sources that ended by their silence to the summary.
@@ -591,6 +569,8 @@ struct Acceptor<'a> {
     named: bool,
     /// Whether the last accept failed (out of descriptors): later failures are not logged again.
     starved: bool,
+    /// When `--duration` ends the run, if it does.
+    deadline: Option<Instant>,
     /// What every worker gets: the stop, the output, the large read buffers, the input's bell.
     shared: Shared,
 }
@@ -643,8 +623,11 @@ impl Acceptor<'_> {
 
     /// Accepts every connection waiting on listener `i`.
     fn accept_all(&mut self, i: usize, workers: &mut Workers, summary: &mut Summary) -> Duration {
-        // A flood of connections must not hide a stop: check it between accepts.
-        while !self.shared.shutdown.is_requested() {
+        // A flood of connections must not hide a stop, or delay the one `--duration` sets: check
+        // both between accepts. (Connections still queued at the stop are accepted then.)
+        while !self.shared.shutdown.is_requested()
+            && self.deadline.is_none_or(|d| Instant::now() < d)
+        {
             match self.listeners[i].accept() {
                 Ok((conn, peer)) => {
                     if std::mem::take(&mut self.starved) {
@@ -920,6 +903,25 @@ mod tests {
         assert_eq!(
             no_thread(io::ErrorKind::PermissionDenied),
             "cannot start a thread: permission denied"
+        );
+    }
+
+    /// A worker that panicked (a bug) still counts as a client, and as a panic, which the
+    /// run's last line reports.
+    #[test]
+    fn a_worker_that_panicked_is_counted() {
+        let mut workers = Workers::default();
+        let handle = crate::worker::testing::panicking_handle(7, &mut workers.stacks);
+        workers.live.push(handle);
+        let mut summary = Summary::default();
+        assert_eq!(workers.join_all(&mut summary), 0, "the stop ended none");
+        assert_eq!((summary.clients, summary.panicked), (1, 1));
+        assert!(
+            summary
+                .served_line("")
+                .ends_with("; 1 worker panicked (a bug: please report it)"),
+            "{}",
+            summary.served_line("")
         );
     }
 

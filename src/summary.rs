@@ -106,6 +106,39 @@ impl Summary {
         }
     }
 
+    /// The line that ends a run on stderr: clients, messages and bytes served, connections
+    /// refused, then only what happened: failed TLS handshakes, the kernel's datagram drops
+    /// (where UDP was heard), `unwritten` (what the output could not take, if anything), and
+    /// panicked workers.
+    pub fn served_line(&self, unwritten: &str) -> String {
+        let tls_failed = match self.tls_failed {
+            0 => String::new(),
+            n => format!("; {} failed", counted(n, "TLS handshake")),
+        };
+        let dropped = match self.datagrams_dropped {
+            Some(0) => String::from("; the kernel dropped no datagram"),
+            Some(n) => format!(
+                "; the kernel dropped {} (receive buffer full)",
+                counted(n, "datagram")
+            ),
+            None => String::new(),
+        };
+        let panicked = match self.panicked {
+            0 => String::new(),
+            n => format!(
+                "; {} panicked (a bug: please report it)",
+                counted(n, "worker")
+            ),
+        };
+        format!(
+            "served {}: {}, {}; refused {}{tls_failed}{dropped}{unwritten}{panicked}",
+            counted(self.clients, "client"),
+            counted(self.messages, "message"),
+            counted(self.bytes, "byte"),
+            counted(self.refused, "connection")
+        )
+    }
+
     /// The kept rows, in client order.
     pub fn rows(&self) -> Vec<ClientRow> {
         let mut rows: Vec<ClientRow> = self.busiest.iter().map(|r| r.0.0.clone()).collect();
@@ -301,5 +334,36 @@ mod tests {
         assert_eq!(value["per_client"][0]["connected_ms"], 1500);
         assert_eq!(value["sent"], 3);
         assert_eq!(value["per_client"][0]["sent"], 3);
+    }
+
+    /// The run's last line says only what happened: no failed handshake, drop or panic is named
+    /// when there was none, and each is counted when there was.
+    #[test]
+    fn the_served_line_names_only_what_happened() {
+        let mut summary = Summary::default();
+        summary.add(&report(1, 42));
+        assert_eq!(
+            summary.served_line(""),
+            "served 1 client: 1 message, 42 bytes; refused 0 connections"
+        );
+        summary.refused = 3;
+        summary.tls_failed = 2;
+        summary.datagrams_dropped = Some(0);
+        summary.panicked = 1;
+        assert_eq!(
+            summary.served_line("; 4 messages not written (the output failed)"),
+            "served 1 client: 1 message, 42 bytes; refused 3 connections; \
+             2 TLS handshakes failed; the kernel dropped no datagram; \
+             4 messages not written (the output failed); \
+             1 worker panicked (a bug: please report it)"
+        );
+        summary.datagrams_dropped = Some(5);
+        assert!(
+            summary
+                .served_line("")
+                .contains("; the kernel dropped 5 datagrams (receive buffer full)"),
+            "{}",
+            summary.served_line("")
+        );
     }
 }

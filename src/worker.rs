@@ -1762,3 +1762,23 @@ mod tests {
         assert!(ClientId::new(2) < ClientId::new(10));
     }
 }
+
+/// Handles for tests of the code that joins workers.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A handle whose thread panics at once, as a worker with a bug would.
+    pub(crate) fn panicking_handle(number: u64, stacks: &mut Stacks) -> WorkerHandle {
+        let thread = stacks
+            .spawn("client-panics", || -> ClientReport {
+                panic!("a worker with a bug (on purpose, in a test)")
+            })
+            .expect("a thread");
+        WorkerHandle {
+            id: ClientId::new(number),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread,
+        }
+    }
+}
