@@ -740,6 +740,37 @@ fn every_tls_session_ends_with_close_notify() {
     finished.assert_success();
 }
 
+/// A client that sends its last line and its close_notify at once, then waits for the server's
+/// close with its socket open, is answered at once: rustls has read the close with the line,
+/// the socket has nothing more to say, and the worker must not wait on it (here, for an hour).
+#[test]
+fn a_close_notify_sent_with_the_last_line_is_answered_at_once() {
+    let dir = TempDir::new("tls-close-with-line");
+    let cert = dir.path("made.pem");
+    let mut server = Spawned::start(&["--tls", "--tls-cert-out", &cert, "--poll-interval", "1h"]);
+    let mut client = tls_client(server.addr().port(), Path::new(&cert));
+    // The handshake first, so the line and the close go in one write after it.
+    while client.conn.is_handshaking() {
+        client
+            .conn
+            .complete_io(&mut client.sock)
+            .expect("handshake");
+    }
+    client.conn.writer().write_all(b"last\n").expect("send");
+    client.conn.send_close_notify();
+    client.flush().expect("send the line and close_notify");
+    let mut rest = Vec::new();
+    let ended = client.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok(),
+        "the server's close_notify in answer: {ended:?}"
+    );
+    server.wait_stderr("disconnected (closed by client)", TIMEOUT);
+    let finished = server.stop(Signal::TERM);
+    assert!(finished.stdout.ends_with("] last\n"), "{finished}");
+    finished.assert_success();
+}
+
 /// Echo over TLS to a client that sends 5 MB through a 4 KiB receive window before it reads
 /// any (more than the sockets hold): every byte comes back, in order, as over plain TCP.
 #[test]
