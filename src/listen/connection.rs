@@ -276,6 +276,10 @@ mod tests {
             }
         }
         assert!(!conn.wants_write());
+        // Room for the close_notify: `close` does not wait for it, and a client slow to read
+        // (a loaded machine) would otherwise leave it unsent, and wait for it.
+        let room = poll::wait(&mut [Fd::new(&conn, Flags::OUT)], Duration::from_secs(10));
+        assert_eq!(room.expect("poll"), 1, "no room for the close_notify");
         conn.close();
         let back = client
             .join()
