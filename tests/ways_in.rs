@@ -20,6 +20,15 @@ fn udp_addr(server: &Spawned) -> SocketAddr {
         .unwrap_or_else(|| panic!("no UDP listener in {endpoints:?}"))
 }
 
+/// A UDP socket on loopback whose reads of replies time out after [`TIMEOUT`].
+fn udp_source() -> UdpSocket {
+    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    source
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    source
+}
+
 /// Three `nc -U` clients and `logger -u`: numbered, attributed to their process (pid, uid and
 /// command), each message whole; the socket file has the mode asked for and is gone after the
 /// run.
@@ -592,12 +601,9 @@ fn udp_echoes_wait_for_room_in_a_full_socket() {
     }
     let mut server = Spawned::start(&["-u", "--echo", "--poll-interval", "1h"]);
     let addr = udp_addr(&server);
-    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let source = udp_source();
     rustix::net::sockopt::set_socket_send_buffer_size_force(&source, 8 << 20)
         .expect("SO_SNDBUFFORCE");
-    source
-        .set_read_timeout(Some(TIMEOUT))
-        .expect("read timeout");
     let datagram = |i: usize| {
         let mut bytes = format!("{i:04} ").into_bytes();
         bytes.resize(999, b'a' + (i % 26) as u8);
@@ -631,10 +637,7 @@ fn a_reply_too_long_for_a_datagram_is_skipped_with_a_warning() {
     let long = "a".repeat(70_000);
     let mut server = Spawned::start(&["-u", "--echo", "--greet", &long]);
     let addr = udp_addr(&server);
-    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    source
-        .set_read_timeout(Some(TIMEOUT))
-        .expect("read timeout");
+    let source = udp_source();
     source.send_to(b"ping\n", addr).expect("send");
     let mut buf = [0; 1024];
     let (n, _) = source.recv_from(&mut buf).expect("the echo");
@@ -656,10 +659,7 @@ fn udp_and_unix_clients_are_answered() {
         "-u", "--echo", "--stdin", "always", "--greet", "hello\\n", "--format", "json",
     ]);
     let addr = udp_addr(&server);
-    let source = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    source
-        .set_read_timeout(Some(TIMEOUT))
-        .expect("read timeout");
+    let source = udp_source();
     source.send_to(b"ping\n", addr).expect("send");
     let mut buf = [0; 1024];
     let mut got = Vec::new();
